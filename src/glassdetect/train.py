@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-            tot_loss += float(loss) * len(y)
+            tot_loss += float(loss.detach()) * len(y)
             tot_correct += int((logits.argmax(-1) == y).sum())
             tot_n += len(y)
             bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{tot_correct / tot_n:.3f}")

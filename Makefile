@@ -1,0 +1,30 @@
+# Two entry points on a fresh machine: `make demo` (the offline benchmark) and `make test`.
+# Each creates .venv and installs what it needs (exact pins in constraints.txt).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SIZE ?= small
+SEEDS ?= 0,1,2
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: install test test-slow demo clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10
+
+test-slow: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow --durations=10
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/glassdetect demo --size $(SIZE) --seeds $(SEEDS) --out runs/demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

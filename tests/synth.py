@@ -1,0 +1,32 @@
+"""Synthetic data whose real/fake signal exists only at native resolution."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def smooth_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Photo-like low-frequency content plus mild noise, float HWC in about [50, 205]."""
+    small = rng.normal(0, 1, (h // 32 + 2, w // 32 + 2, 3))
+    small = ((small - small.min()) / (np.ptp(small) + 1e-9) * 255).astype(np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=float)
+    return img * 0.6 + 50 + rng.normal(0, 2, (h, w, 3))
+
+
+def make_checker_tree(root: Path, n_groups: int, size: int = 448, amplitude: float = 4.0, seed: int = 0) -> Path:
+    """``root/real/sNNN.png`` and its partner ``root/fake/sNNN.png``: the same content plus a faint
+    ±``amplitude`` pixel checkerboard. A 2× antialiased resize to 224 erases the checkerboard,
+    so only native-resolution crops can see the difference."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
+    for i in range(n_groups):
+        base = smooth_background(rng, size, size)
+        for cls, amp in (("real", 0.0), ("fake", amplitude)):
+            d = root / cls
+            d.mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(np.rint(base + amp * checker), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(d / f"s{i:03d}.png")
+    return root
