@@ -63,7 +63,8 @@ def _scan_classes(root: Path, base: Path, class_names: Sequence[str], split: str
 def load_tree(root: str | Path, class_names: Sequence[str] = ("real", "fake")) -> list[Sample]:
     """Samples from an ImageFolder-style tree (optionally with train/val/test top folders)."""
     root = Path(root)
-    if all((root / s).is_dir() for s in ("train", "test")):
+    # Split layout: any of train/val/test at the top and no class folder beside them.
+    if any((root / s).is_dir() for s in SPLITS) and not any((root / c).is_dir() for c in class_names):
         out = []
         for split in SPLITS:
             if (root / split).is_dir():
@@ -77,7 +78,7 @@ def load_manifest(csv_path: str | Path, class_names: Sequence[str] = ("real", "f
     csv_path = Path(csv_path)
     base = csv_path.parent
     samples = []
-    with open(csv_path, newline="") as fh:
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:  # tolerate Excel's BOM
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{csv_path}: a manifest needs at least the columns path,label")
@@ -119,11 +120,16 @@ def assign_splits(
     """Give every sample without a split one, grouped by source and stratified by label.
 
     Groups are visited in a seeded random order and each goes to the split whose per-label
-    counts are furthest below their targets. Samples that already have a split keep it.
+    counts are furthest below their targets. Samples that already have a split keep it, and
+    unsplit samples of a group that already has one join that split.
     """
-    todo = [s for s in samples if not s.split]
+    preset: dict[str, str] = {}
+    for s in samples:
+        if s.split:
+            preset.setdefault(s.group, s.split)
+    todo = [s for s in samples if not s.split and s.group not in preset]
     if not todo:
-        return list(samples)
+        return [s if s.split else replace(s, split=preset[s.group]) for s in samples]
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in todo:
         groups[s.group].append(s)
@@ -133,7 +139,7 @@ def assign_splits(
     have = np.zeros_like(target)
     names = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(names))
-    chosen: dict[str, str] = {}
+    chosen: dict[str, str] = dict(preset)
     for i in order:
         name = names[i]
         count = np.array([sum(s.label == l for s in groups[name]) for l in labels], dtype=float)
@@ -157,7 +163,7 @@ def check_no_leak(samples: Iterable[Sample]) -> None:
 
 def write_split(samples: Sequence[Sample], path: str | Path) -> None:
     """Save the split used by a run (absolute paths, so evaluation can reuse it)."""
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "group", "generator", "split", "key"])
         for s in samples:
@@ -166,7 +172,7 @@ def write_split(samples: Sequence[Sample], path: str | Path) -> None:
 
 def read_split(path: str | Path) -> dict[str, str]:
     """Absolute path -> split, from a file written by :func:`write_split`."""
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return {row["path"]: row["split"] for row in csv.DictReader(fh)}
 
 
