@@ -31,6 +31,7 @@ class ModelConfig:
     backbone_kwargs: dict = field(default_factory=dict)
     temperature: float = 1.0  # logit temperature (calibration)
     threshold: float = 0.5  # fake_probability >= threshold -> "fake"
+    unsure_band: tuple[float, float] | None = None  # lo <= fake_probability <= hi -> "unsure" (None: off)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -39,6 +40,11 @@ class ModelConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         self.class_names = tuple(self.class_names)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.unsure_band is not None:
+            lo, hi = (float(v) for v in self.unsure_band)
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"unsure_band must satisfy 0 <= lo <= hi <= 1, got {self.unsure_band}")
+            self.unsure_band = (lo, hi)
 
     def view_spec(self, max_pixels: int | None = None, mode: str | None = None) -> ViewSpec:
         extra = {} if max_pixels is None else {"max_pixels": max_pixels}

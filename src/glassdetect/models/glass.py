@@ -53,6 +53,13 @@ class GLASS(nn.Module):
 
         Returns logits (B, num_classes) and attention weights (B, K).
         """
+        g, f = self.encode(global_view, crops)
+        pooled, weights = self.attention(f, crop_mask)
+        logits = self.head(torch.cat([g, pooled], dim=-1))
+        return logits, weights
+
+    def encode(self, global_view: torch.Tensor, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features: g (B, D) of the global view and f (B, K, D) of the crops."""
         b, k = crops.shape[:2]
         flat = crops.flatten(0, 1)  # (B*K, 3, P, P)
         if self.shared and global_view.shape[-2:] == flat.shape[-2:]:
@@ -61,6 +68,21 @@ class GLASS(nn.Module):
         else:
             g = self.global_backbone(self.prep(global_view))  # (B, D)
             f = self.local_backbone(self.prep(flat))  # (B*K, D)
-        pooled, weights = self.attention(f.view(b, k, -1), crop_mask)
+        return g, f.reshape(b, k, -1)
+
+    def crop_scores(
+        self, global_view: torch.Tensor, crops: torch.Tensor, crop_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` plus each crop's own logits, from one backbone pass.
+
+        Crop i's logits are the classifier applied to [g; f_i]: the prediction the model would
+        make if the attention put all its weight on crop i. Returns logits (B, C), attention
+        (B, K) and crop logits (B, K, C); padded crops (``crop_mask`` False) get NaN logits.
+        """
+        g, f = self.encode(global_view, crops)
+        pooled, weights = self.attention(f, crop_mask)
         logits = self.head(torch.cat([g, pooled], dim=-1))
-        return logits, weights
+        crop_logits = self.head(torch.cat([g.unsqueeze(1).expand(-1, f.shape[1], -1), f], dim=-1))
+        if crop_mask is not None:
+            crop_logits = crop_logits.masked_fill(~crop_mask.unsqueeze(-1), float("nan"))
+        return logits, weights, crop_logits
