@@ -9,19 +9,25 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test test-slow demo clean
 
+# Base + benchmark extras: what `make demo` needs.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	touch $@
+
+# Test extras and the system services/browsers the tests drive (Debian packages).
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql) || true
 	touch $@
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=10
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow --durations=10
 
 demo: $(VENV)/.installed
