@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 
 import pytest
@@ -94,9 +96,9 @@ def test_cli_train_then_evaluate(checker_data, tmp_path):
     r = CliRunner().invoke(app, ["predict", str(run / "best"), str(checker_data / "real" / "s000.png"),
                                  str(tmp_path / "missing.png"), "--workers", "0", "--threads", "1"])
     assert r.exit_code == 1
-    lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith(str(checker_data / "real" / "s000.png")) and 0 <= float(lines[0].split("\t")[1]) <= 1
-    assert "file not found" in lines[1]
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))  # CSV: path,fake_probability,decision,...,error
+    assert rows[0]["path"] == str(checker_data / "real" / "s000.png") and 0 <= float(rows[0]["fake_probability"]) <= 1
+    assert "file not found" in rows[1]["error"]
 
 
 def test_per_generator_metrics_from_manifest(checker_data, tmp_path):
@@ -115,3 +117,34 @@ def test_per_generator_metrics_from_manifest(checker_data, tmp_path):
     assert res["split"] == "test" and res["n"] == 16
     assert set(res["per_generator"]) == {"genA", "genB"}
     assert res["per_generator"]["genA"]["n_fake"] == 4
+
+
+def test_training_skips_bad_images_and_never_touches_user_files(tiny_tree, bad_images_dir, tmp_path):
+    """Bad files inside the training data are reported with path and reason, skipped and
+    counted; the run completes and every user file is byte-identical afterwards."""
+    import shutil
+
+    from conftest import sha256
+
+    bad_dir, expected = bad_images_dir
+    broken = [n for n, e in expected.items() if not e.ok]
+    for i, name in enumerate(broken):  # spread them over both classes
+        shutil.copy(bad_dir / name, tiny_tree / ("real" if i % 2 else "fake") / f"broken_{name}")
+    big = tiny_tree / "real" / "huge.png"  # over the (lowered) pixel limit
+    from PIL import Image
+
+    Image.new("RGB", (900, 900)).save(big)
+    before = {p: sha256(p) for p in tiny_tree.rglob("*") if p.is_file()}
+
+    summary = train(TrainConfig(data=str(tiny_tree), out=str(tmp_path / "run"), arch="glass", backbone="test_resnet",
+                                k=2, epochs=1, batch_size=4, max_pixels=700 * 700, split_fractions=(0.5, 0.5, 0.0),
+                                **FAST))
+    after = {p: sha256(p) for p in tiny_tree.rglob("*") if p.is_file()}
+    assert before == after  # nothing modified, nothing added inside the data
+    reported = (tmp_path / "run" / "bad_images.csv").read_text()
+    # Every bad file lands in train or val (no test split here), so every one is reported.
+    assert summary["bad_images"] == len(broken) + 1
+    for name in broken:
+        assert f"broken_{name}" in reported
+    assert "huge.png" in reported and "pixel limit" in reported
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
