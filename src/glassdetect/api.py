@@ -1,0 +1,450 @@
+"""The Python API: load a detector once, ask it about images.
+
+    >>> from glassdetect import Detector
+    >>> det = Detector.from_pretrained("runs/x/best")        # a checkpoint / Hugging Face-style dir
+    >>> r = det.predict("photo.jpg")                          # path, bytes, PIL image or numpy array
+    >>> r.probability, r.decision, r.crops[0].box, r.crops[0].weight, r.crops[0].score
+
+Everything that turns an image into numbers lives here and is shared by ``glassdetect predict``
+(:mod:`glassdetect.predict`), the HTTP service (:mod:`glassdetect.serve`) and the evidence maps
+(:mod:`glassdetect.explain`):
+
+* :func:`prepare` decodes an image once and builds its global view plus the crops of every draw.
+  For a file or bytes the crops of draw ``d`` are exactly those of
+  :func:`glassdetect.views.build_views` (``seed``, ``draw=d``): a function of the image's bytes,
+  so the same image always gets the same crops and the same score. For a PIL image or an array
+  the identity is a digest of its decoded pixels instead.
+* :func:`collate_prepared` stacks prepared images (one row per image and draw, padded with a
+  crop mask when crop counts differ, as in ``grid`` mode).
+* :meth:`Detector.run_batch` runs the model once per batch and returns one :class:`Detection`
+  per image.
+
+Per-crop score
+--------------
+``Crop.score`` is the fake probability the classifier gives to ``[g; f_i]`` — the global feature
+next to crop *i*'s feature alone — i.e. the prediction the model would make if the attention put
+all of its weight on crop *i* (temperature-scaled like the image's probability). It comes from
+the same backbone pass as the prediction (:meth:`glassdetect.models.GLASS.crop_scores`).
+``Crop.weight`` is crop *i*'s attention weight; the weights of one draw sum to 1.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .models import load_checkpoint, save_checkpoint
+from .models.factory import CONFIG_NAME, WEIGHTS_NAME
+from .runtime import autocast, resolve_device
+from .sampling import MODES, eval_rng, sample_boxes
+from .views import (
+    DEFAULT_MAX_PIXELS, ImageError, ViewSpec, _to_rgb, content_id, cut_crops, open_image, read_bytes, resize_global,
+)
+
+CROP_SCORE_DEFINITION = (
+    "fake probability of the classifier applied to [g; f_i] (global feature next to this crop's feature), "
+    "i.e. the prediction if attention put all its weight on this crop; temperature-scaled"
+)
+
+# ------------------------------------------------------------------------------------ results
+
+@dataclass
+class Crop:
+    """One native-resolution crop the model looked at."""
+
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels of the EXIF-oriented image; may pass the border (zero-padded)
+    weight: float  # attention weight within its draw (a draw's weights sum to 1)
+    score: float  # this crop's own fake probability (see the module docstring)
+    draw: int = 0  # which stratified draw it belongs to
+
+
+@dataclass
+class Detection:
+    """The verdict on one image."""
+
+    probability: float | None  # fake probability (mean over draws); None when the image failed
+    decision: str  # "fake" / "real" (the checkpoint's class names), "unsure", or "error"
+    crops: list[Crop] = field(default_factory=list)
+    draws: int = 1
+    spread: float | None = 0.0  # standard deviation of the probability over draws
+    image_size: tuple[int, int] | None = None  # decoded (H, W)
+    source: str = ""  # path or a short description of the input
+    error: str = ""
+    draw_probabilities: list[float] = field(default_factory=list)
+    thumbnail: Image.Image | None = field(default=None, repr=False, compare=False)  # kept when explain=True
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def crops_per_draw(self) -> int:
+        return sum(1 for c in self.crops if c.draw == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: everything but the thumbnail."""
+        d = asdict(replace(self, thumbnail=None))
+        d.pop("thumbnail")
+        d["fake_probability"] = d.pop("probability")
+        d["crops"] = [dict(c, box=list(c["box"])) for c in d["crops"]]
+        d["image_size"] = list(self.image_size) if self.image_size else None
+        return d
+
+    def evidence_map(self) -> Image.Image:
+        """The evidence map (needs ``predict(..., explain=True)``); see :mod:`glassdetect.explain`."""
+        from .explain import render_evidence
+
+        return render_evidence(self)
+
+
+# ------------------------------------------------------------------------------ preparation
+
+def _pixels_identity(img: Image.Image) -> str:
+    return content_id(f"{img.mode}:{img.size}:".encode() + img.tobytes())
+
+
+def _load(source: Any, spec: ViewSpec, name: str | None) -> tuple[Image.Image, str, str]:
+    """Decode any supported input to (RGB image, identity for the crop RNG, display name)."""
+    draft = None if spec.need_crops else 2 * spec.global_size
+    if isinstance(source, (str, Path)):
+        name = name or str(source)
+        data = read_bytes(source)
+        return open_image(data, spec.max_pixels, draft_size=draft, name=name), content_id(data), name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = name or "<bytes>"
+        return open_image(data, spec.max_pixels, draft_size=draft, name=name), content_id(data), name
+    if isinstance(source, np.ndarray):
+        name = name or "<array>"
+        arr = source
+        if arr.dtype != np.uint8:
+            raise ImageError(name, f"arrays must be uint8 (H, W[, 1|3|4]), got dtype {arr.dtype}")
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+            raise ImageError(name, f"arrays must be (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got {source.shape}")
+        source = Image.fromarray(np.ascontiguousarray(arr))
+    if isinstance(source, Image.Image):
+        name = name or "<PIL image>"
+        w, h = source.size
+        if w * h > spec.max_pixels:
+            raise ImageError(name, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {spec.max_pixels / 1e6:.0f} MP")
+        if w < 1 or h < 1:
+            raise ImageError(name, "empty image")
+        try:
+            img = _to_rgb(ImageOps.exif_transpose(source))
+        except (OSError, ValueError) as exc:
+            raise ImageError(name, f"cannot convert: {exc}") from None
+        return img, _pixels_identity(img), name
+    raise TypeError(f"unsupported image input {type(source).__name__}: give a path, bytes, a PIL image or a uint8 array")
+
+
+def prepare(
+    source: Any,
+    spec: ViewSpec,
+    seed: int = 0,
+    draws: int = 1,
+    thumbnail: int = 0,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Decode once; build the global view and the crops of ``draws`` draws (``grid``: one draw).
+
+    Returns ``global`` (3, S, S) uint8, ``crops`` (D·K, 3, P, P) uint8, ``boxes`` (D·K, 2) as
+    (top, left), ``k`` (crops per draw), ``draws``, ``size`` (H, W), ``name`` and ``thumb``
+    (an RGB PIL image whose longer side is at most ``thumbnail``, or None). Raises
+    :class:`~glassdetect.views.ImageError` for an unusable image.
+    """
+    img, identity, name = _load(source, spec, name)
+    w, h = img.size
+    g = torch.from_numpy(resize_global(img, spec.global_size, spec.interpolation))
+    if not spec.need_crops:
+        draws = 1
+        crops = torch.zeros((0, 3, spec.patch, spec.patch), dtype=torch.uint8)
+        boxes = torch.zeros((0, 2), dtype=torch.int64)
+        k = 0
+    else:
+        draws = 1 if spec.mode == "grid" else max(1, int(draws))
+        pixels = np.asarray(img)
+        all_boxes, all_crops = [], []
+        for d in range(draws):
+            b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid)
+            all_boxes += b
+            all_crops.append(cut_crops(pixels, b, spec.patch))
+        k = len(all_boxes) // draws
+        crops = torch.from_numpy(np.concatenate(all_crops))
+        boxes = torch.tensor(all_boxes, dtype=torch.int64).view(-1, 2)
+    thumb = None
+    if thumbnail:
+        thumb = img.copy()
+        thumb.thumbnail((thumbnail, thumbnail), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return {"global": g, "crops": crops, "boxes": boxes, "k": k, "draws": draws, "size": (h, w), "name": name,
+            "thumb": thumb}
+
+
+def collate_prepared(items: Sequence[dict]) -> dict[str, Any]:
+    """Stack prepared images (and ``{"index", "error"}`` failures) into one model batch.
+
+    Row r of the batch is one (image, draw); ``row_item[r]`` is its position in ``good``.
+    """
+    good = [it for it in items if "error" not in it]
+    batch: dict[str, Any] = {"errors": [(it.get("index"), it["error"]) for it in items if "error" in it], "good": []}
+    if not good:
+        return batch
+    rows_g, rows_c, ks, row_item = [], [], [], []
+    for j, it in enumerate(good):
+        k = it["k"]
+        for d in range(it["draws"]):
+            rows_g.append(it["global"])
+            rows_c.append(it["crops"][d * k:(d + 1) * k])
+            ks.append(k)
+            row_item.append(j)
+    kmax = max(ks)
+    c0 = good[0]["crops"]
+    crops = torch.zeros((len(rows_c), kmax, *c0.shape[1:]), dtype=torch.uint8)
+    mask = torch.zeros((len(rows_c), kmax), dtype=torch.bool)
+    for r, c in enumerate(rows_c):
+        crops[r, : ks[r]] = c
+        mask[r, : ks[r]] = True
+    batch.update(
+        global_view=torch.stack(rows_g),
+        crops=crops,
+        crop_mask=mask if kmax and min(ks) != kmax else None,
+        row_item=torch.tensor(row_item),
+        good=[{key: v for key, v in it.items() if key not in ("global", "crops")} for it in good],
+    )
+    return batch
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """Sources -> prepared images for a DataLoader; failures become ``{"index", "error": (name, reason)}``."""
+
+    def __init__(self, sources: Sequence[Any], spec: ViewSpec, seed: int = 0, draws: int = 1, thumbnail: int = 0):
+        self.sources = list(sources)
+        self.spec, self.seed, self.draws, self.thumbnail = spec, seed, draws, thumbnail
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> dict:
+        src = self.sources[index]
+        try:
+            item = prepare(src, self.spec, self.seed, self.draws, self.thumbnail)
+        except ImageError as exc:
+            return {"index": index, "error": (exc.path, exc.reason)}
+        except (TypeError, ValueError, OSError) as exc:  # defensive: never take the whole run down
+            return {"index": index, "error": (str(src), f"cannot use: {exc}")}
+        item["index"] = index
+        return item
+
+
+# ---------------------------------------------------------------------------------- detector
+
+def decide(probability: float, threshold: float, unsure_band: Sequence[float] | None, class_names: Sequence[str]) -> str:
+    """``unsure`` inside the band (inclusive), else the positive class at or above ``threshold``."""
+    if unsure_band is not None and unsure_band[0] <= probability <= unsure_band[1]:
+        return "unsure"
+    return class_names[-1] if probability >= threshold else class_names[0]
+
+
+def parse_band(text: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """``"0.4,0.6"`` -> (0.4, 0.6); ``"none"``/``""``/None -> None."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        if text.strip().lower() in ("", "none", "off"):
+            return None
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = list(text)
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"an unsure band is two probabilities 'lo,hi', got {text!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"an unsure band needs 0 <= lo <= hi <= 1, got {text!r}")
+    return lo, hi
+
+
+def _resolve_pretrained(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):
+        return p.parent
+    if p.is_dir():
+        return p
+    if not p.exists() and isinstance(path, str) and path.count("/") == 1 and not path.startswith((".", "/")):
+        try:  # a Hugging Face Hub repo id: only when huggingface_hub is installed and the hub is reachable
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise FileNotFoundError(f"{path}: no such directory (install huggingface_hub to load hub repo ids)") from None
+        return Path(snapshot_download(repo_id=path, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    raise FileNotFoundError(f"{path}: no such checkpoint directory")
+
+
+class Detector:
+    """A loaded model plus how to look at images (seed, draws, crop mode) and how to decide.
+
+    Thread-safe for concurrent :meth:`predict` calls (inference only, no shared mutable state).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict | None = None,
+        device: str | torch.device | None = None,
+        *,
+        seed: int = 0,
+        draws: int = 1,
+        mode: str | None = None,
+        threshold: float | None = None,
+        unsure_band: str | Sequence[float] | None | bool = False,
+        max_pixels: int | None = None,
+        amp: bool = True,
+    ):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.meta = dict(meta or {"model": model.cfg.to_dict()})
+        self.threshold = float(model.cfg.threshold)
+        self.unsure_band = model.cfg.unsure_band
+        self.set_decision(threshold, unsure_band)
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"unknown crop mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.seed, self.draws, self.mode, self.amp = int(seed), max(1, int(draws)), mode, amp
+        self.max_pixels = int(max_pixels) if max_pixels else DEFAULT_MAX_PIXELS
+
+    # -- loading and saving
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", **options) -> "Detector":
+        """Load a checkpoint directory (``model.safetensors`` + ``config.json``, as written by training or
+        :meth:`save_pretrained`), or a path to either file inside one. Options as in the constructor."""
+        directory = _resolve_pretrained(path)
+        dev = resolve_device(device)
+        model, meta = load_checkpoint(directory, dev)
+        return cls(model, meta, dev, **options)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (a Hugging Face-style folder; upload it as is).
+
+        The current threshold and unsure band are saved with the model; training metadata and
+        calibration notes in the loaded config are kept.
+        """
+        keep = {k: v for k, v in self.meta.items() if k not in ("model", "format", "glassdetect")}
+        cfg = self.model.cfg
+        before = (cfg.threshold, cfg.unsure_band)
+        cfg.threshold, cfg.unsure_band = self.threshold, self.unsure_band
+        try:
+            return save_checkpoint(directory, self.model, extra=keep)
+        finally:
+            cfg.threshold, cfg.unsure_band = before
+
+    # -- configuration
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.cfg.class_names
+
+    def spec(self, mode: str | None = None) -> ViewSpec:
+        mode = mode or self.mode
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"unknown crop mode {mode!r}; choose one of {', '.join(MODES)}")
+        return self.cfg.view_spec(max_pixels=self.max_pixels, mode=mode)
+
+    def set_decision(self, threshold: float | None = None, unsure_band: str | Sequence[float] | None | bool = False) -> None:
+        """Override the decision rule (``None`` threshold / ``False`` band: keep; band ``None``: switch off)."""
+        if threshold is not None:
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+            self.threshold = float(threshold)
+        if unsure_band is not False:
+            self.unsure_band = parse_band(unsure_band)
+
+    def decide(self, probability: float) -> str:
+        return decide(probability, self.threshold, self.unsure_band, self.class_names)
+
+    # -- inference
+
+    def predict(self, image: Any, *, explain: bool = False, draws: int | None = None, mode: str | None = None,
+                name: str | None = None, thumbnail: int = 768) -> Detection:
+        """The verdict on one image (path, bytes, PIL image or uint8 array).
+
+        Raises :class:`~glassdetect.views.ImageError` (a ``ValueError``) when the image cannot be used.
+        ``explain=True`` keeps a thumbnail so ``result.evidence_map()`` can draw the crops.
+        """
+        item = prepare(image, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0, name)
+        item["index"] = 0
+        return self.run_batch(collate_prepared([item]))[0][1]
+
+    def predict_batch(self, images: Iterable[Any], *, batch_size: int = 8, explain: bool = False,
+                      draws: int | None = None, mode: str | None = None, thumbnail: int = 768) -> list[Detection]:
+        """One :class:`Detection` per image, in order; unusable images get ``error`` set instead of raising."""
+        images = list(images)
+        ds = PreparedDataset(images, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0)
+        out: list[Detection] = []
+        for start in range(0, len(images), batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(images)))]
+            out += [d for _, d in self.run_batch(collate_prepared(items))]
+        return out
+
+    @torch.inference_mode()
+    def forward_rows(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Model outputs per row: fake probability (R,), attention (R, K) and crop fake scores (R, K)."""
+        dev = self.device
+        g = batch["global_view"].to(dev, non_blocking=True)
+        c = batch["crops"].to(dev, non_blocking=True)
+        m = batch["crop_mask"]
+        m = None if m is None else m.to(dev, non_blocking=True)
+        with autocast(dev, self.amp):
+            if hasattr(self.model, "crop_scores") and c.shape[1] > 0:
+                logits, weights, crop_logits = self.model.crop_scores(g, c, m)
+            else:
+                logits, weights = self.model(g, c, m)
+                crop_logits = None
+        t = float(getattr(self.cfg, "temperature", 1.0))
+        prob = (logits.float() / t).softmax(-1)[:, -1].cpu().numpy()
+        attn = weights.float().cpu().numpy()
+        if crop_logits is None:
+            scores = np.zeros_like(attn)
+        else:
+            scores = (crop_logits.float() / t).softmax(-1)[..., -1].cpu().numpy()
+        return prob, attn, scores
+
+    def run_batch(self, batch: dict) -> list[tuple[int, Detection]]:
+        """(index, Detection) for every item of a :func:`collate_prepared` batch, failures included, by index."""
+        out: list[tuple[int, Detection]] = []
+        for index, (name, reason) in batch["errors"]:
+            out.append((index, Detection(None, "error", draws=0, spread=None, source=name, error=reason)))
+        if batch["good"]:
+            prob, attn, scores = self.forward_rows(batch)
+            row_item = batch["row_item"].numpy()
+            patch = self.cfg.patch
+            for j, it in enumerate(batch["good"]):
+                rows = np.flatnonzero(row_item == j)
+                p = prob[rows].astype(np.float64)
+                crops = []
+                boxes = it["boxes"].numpy()
+                k = it["k"]
+                for d, r in enumerate(rows):
+                    for i in range(k):
+                        top, left = (int(v) for v in boxes[d * k + i])
+                        crops.append(Crop((left, top, left + patch, top + patch), float(attn[r, i]), float(scores[r, i]), d))
+                mean = float(p.mean())
+                out.append((it["index"], Detection(
+                    probability=mean, decision=self.decide(mean), crops=crops, draws=int(it["draws"]),
+                    spread=float(p.std()), image_size=tuple(int(v) for v in it["size"]), source=it["name"],
+                    draw_probabilities=[float(v) for v in p], thumbnail=it.get("thumb"),
+                )))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Detector({c.arch}/{c.backbone}, k={c.k}, mode={self.mode or c.sampling}, draws={self.draws}, "
+                f"T={c.temperature:.3g}, threshold={self.threshold}, unsure={self.unsure_band}, device={self.device})")

@@ -1,0 +1,171 @@
+"""Calibration: temperature scaling on validation data, and the decision rule, stored in the checkpoint.
+
+Temperature scaling divides the logits by one scalar T > 0 fitted to minimise the negative
+log-likelihood of held-out labels (LBFGS on log T). It changes confidence, never the ranking
+(AUC) nor the argmax. The result, the decision threshold and an optional "unsure" band are
+written into the checkpoint's ``config.json`` (``model.temperature``, ``model.threshold``,
+``model.unsure_band``; notes under ``calibration``). Only ``config.json`` is rewritten, atomically
+(temporary file + rename); the weights file is never touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+T_MIN, T_MAX = 0.01, 100.0
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` under softmax(logits / T)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), np.asarray(labels, dtype=int)].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
+    """The T minimising :func:`nll` (LBFGS on log T, clamped to [0.01, 100])."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not np.isfinite(t):
+        return 1.0
+    return float(min(max(t, T_MIN), T_MAX))
+
+
+def update_checkpoint_config(checkpoint: str | Path, model_changes: dict[str, Any],
+                             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rewrite ``checkpoint/config.json`` with ``model_changes`` applied, atomically; returns the new config."""
+    from .models import ModelConfig
+    from .models.factory import CONFIG_NAME
+
+    path = Path(checkpoint) / CONFIG_NAME
+    meta = json.loads(path.read_text())
+    meta["model"].update(model_changes)
+    ModelConfig.from_dict(meta["model"])  # validate before writing anything
+    meta.update(extra or {})
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(meta, indent=2, default=str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def calibrate(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str | None = "val",
+    threshold: float | None = None,
+    unsure: str | Sequence[float] | None | bool = False,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "auto",
+    threads: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Fit the temperature on ``data`` (its ``split``) and/or set the decision rule; update the checkpoint.
+
+    ``unsure``: ``"lo,hi"`` to set a band, None to remove it, False to leave it as it is.
+    Returns a report: n, temperature before/after, NLL and ECE before/after.
+    """
+    from .api import parse_band
+    from .models import ModelConfig, read_config
+
+    checkpoint = Path(checkpoint)
+    meta = read_config(checkpoint)
+    cfg = ModelConfig.from_dict(meta["model"])
+    changes: dict[str, Any] = {}
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "temperature_before": cfg.temperature}
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        changes["threshold"] = float(threshold)
+    if unsure is not False:
+        band = parse_band(unsure)
+        changes["unsure_band"] = None if band is None else list(band)
+    extra: dict[str, Any] = {}
+    if data is not None:
+        fit = _fit_on_data(checkpoint, data, split, batch_size, workers, device, threads, seed, progress)
+        changes["temperature"] = fit["temperature_after"]
+        report.update(fit)
+        extra["calibration"] = {k: v for k, v in fit.items() if k != "temperature_before"}
+        extra["calibration"]["fitted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    elif not changes:
+        raise ValueError("nothing to do: give --data to fit the temperature, or --threshold / --unsure")
+    report.update(threshold=changes.get("threshold", cfg.threshold),
+                  unsure_band=changes.get("unsure_band", list(cfg.unsure_band) if cfg.unsure_band else None),
+                  temperature_after=changes.get("temperature", cfg.temperature), written=not dry_run)
+    if not dry_run:
+        update_checkpoint_config(checkpoint, changes, extra)
+    return report
+
+
+def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, threads, seed, progress) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from .data import ViewDataset, load_samples
+    from .evaluate import select_split
+    from .metrics import expected_calibration_error
+    from .models import load_checkpoint
+    from .runtime import configure_threads, infer, make_loader, resolve_device
+
+    dev = resolve_device(device)
+    configure_threads(threads)
+    model, _ = load_checkpoint(checkpoint, dev)
+    t_before = float(model.cfg.temperature)
+    samples, split = select_split(load_samples(data, model.cfg.class_names), checkpoint, split)
+    model.cfg.temperature = 1.0  # raw logits
+    bar = tqdm(total=len(samples), desc="calibrate", unit="img", disable=not progress, leave=False)
+    preds = infer(model, make_loader(ViewDataset(samples, model.cfg.view_spec(), seed=seed), batch_size, workers,
+                                     device=dev), dev, progress=bar.update)
+    bar.close()
+    labels = np.array([samples[i].label for i in preds.index], dtype=int)
+    if len(labels) < 2 or len(set(labels.tolist())) < 2:
+        raise ValueError(f"calibration needs images of every class in split {split!r}; got {len(labels)} usable "
+                         f"image(s) with labels {sorted(set(labels.tolist()))}")
+    logits = preds.logits.astype(np.float64)
+    t_after = fit_temperature(logits, labels)
+
+    def prob(t: float) -> np.ndarray:
+        z = logits / t
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e[:, -1] / e.sum(1)
+
+    return {
+        "data": str(data), "split": split, "n": int(len(labels)), "errors": len(preds.errors),
+        "temperature_before": t_before, "temperature_after": t_after,
+        "nll_before": nll(logits, labels, t_before), "nll_after": nll(logits, labels, t_after),
+        "ece_before": expected_calibration_error(prob(t_before), labels),
+        "ece_after": expected_calibration_error(prob(t_after), labels),
+    }

@@ -1,0 +1,262 @@
+"""`glassdetect serve`: the HTTP API (in process), limits and bad input (never a 500), a live
+uvicorn server under a loopback load test, and the upload page driven in a real browser."""
+import asyncio
+import base64
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import make_image  # noqa: E402
+from glassdetect.api import Detector  # noqa: E402
+from glassdetect.models import ModelConfig, create_model, save_checkpoint  # noqa: E402
+from glassdetect.serve import create_app  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+MAX_BYTES = 600_000
+MAX_PIXELS = 400_000
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(3)
+    d = tmp_path_factory.mktemp("serve") / "ckpt"
+    save_checkpoint(d, create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2, patch=64, global_size=64)))
+    return d
+
+
+@pytest.fixture(scope="module")
+def det(ckpt):
+    return Detector.from_pretrained(ckpt, "cpu")
+
+
+@pytest.fixture(scope="module")
+def client(det):
+    with TestClient(create_app(det, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def jpeg(tmp_path_factory):
+    p = tmp_path_factory.mktemp("serve_img") / "photo.jpg"
+    make_image(p, 240, 320, seed=4)
+    return p
+
+
+def post_file(client, data, name="x.jpg", **form):
+    return client.post("/v1/detect", files={"file": (name, data, "application/octet-stream")}, data=form)
+
+
+# ------------------------------------------------------------------------------- in process
+
+def test_healthz_and_page(client):
+    h = client.get("/healthz")
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"]["k"] == 2
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="file"' in page.text and "v1/detect" in page.text
+    assert "/v1/detect" in client.get("/openapi.json").json()["paths"]
+
+
+def test_detect_matches_the_python_api(client, det, jpeg):
+    data = jpeg.read_bytes()
+    r = post_file(client, data, "photo.jpg")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref = det.predict(data)
+    assert body["fake_probability"] == pytest.approx(ref.probability, abs=1e-6)
+    assert body["decision"] == ref.decision and body["image_size"] == [240, 320] and body["format"] == "JPEG"
+    assert body["filename"] == "photo.jpg" and len(body["crops"]) == 2 and "evidence_map" not in body
+    assert {"box", "weight", "score", "draw"} <= set(body["crops"][0])
+    raw = client.post("/v1/detect", content=data, headers={"content-type": "image/jpeg"})
+    assert raw.status_code == 200 and raw.json()["fake_probability"] == body["fake_probability"]
+
+
+def test_explain_returns_a_png_evidence_map(client, jpeg):
+    for r in (post_file(client, jpeg.read_bytes(), explain="true"),
+              client.post("/v1/detect?explain=true", files={"file": ("a.jpg", jpeg.read_bytes())})):
+        assert r.status_code == 200
+        url = r.json()["evidence_map"]
+        assert url.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+            assert im.format == "PNG" and im.width == 320
+
+
+def test_limits(client, tmp_path):
+    too_big = post_file(client, b"\xff\xd8" + b"0" * (MAX_BYTES + 70_000))
+    assert too_big.status_code == 413 and too_big.json()["error"] == "payload_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(100):
+            yield b"1" * 10_000
+
+    streamed = client.post("/v1/detect", content=chunks(), headers={"content-type": "image/jpeg"})
+    assert streamed.status_code == 413
+    assert post_file(client, b"just some text, not an image").status_code == 415
+    assert post_file(client, b"").status_code == 415
+    assert client.post("/v1/detect", content=b"%PDF-1.4 nope", headers={"content-type": "application/pdf"}).status_code == 415
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 600), (10, 20, 30)).save(buf, "PNG")  # 480,000 px > 400,000, but only a few KB
+    px = post_file(client, buf.getvalue(), "big.png")
+    assert px.status_code == 422 and px.json()["error"] == "too_many_pixels"
+    missing = client.post("/v1/detect", files={"image": ("a.jpg", b"123")})
+    assert missing.status_code == 422 and missing.json()["error"] == "missing_file"
+    broken = client.post("/v1/detect", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    assert broken.status_code in (400, 422)
+
+
+def test_every_bad_image_is_a_clean_4xx(client, bad_images_dir):
+    d, expected = bad_images_dir
+    for name, exp in expected.items():
+        r = post_file(client, (d / name).read_bytes(), name)
+        assert r.status_code < 500, (name, r.status_code, r.text)
+        if exp.ok:
+            assert r.status_code == 200 and r.json()["image_size"] == list(exp.size), name
+        else:
+            assert r.status_code in (415, 422) and r.json()["detail"], name
+
+
+def test_busy_server_answers_503(det, jpeg):
+    with TestClient(create_app(det, max_waiting=0)) as c:
+        r = post_file(c, jpeg.read_bytes())
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+# ------------------------------------------------------------------------------ live server
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ckpt):
+    """`glassdetect serve` in a subprocess on a free loopback port; yields its base URL."""
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glassdetect.cli", "serve", str(ckpt), "--host", "127.0.0.1", "--port", str(port),
+         "--device", "cpu", "--threads", "1", "--concurrency", "2", "--log-level", "warning", "--no-access-log"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited early:\n{proc.stdout.read().decode(errors='replace')}")
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not become healthy within 90 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_load_200_requests_16_concurrent(server, tmp_path):
+    files = []
+    for i in range(4):
+        make_image(tmp_path / f"l{i}.jpg", 200 + 40 * i, 260, seed=20 + i)
+        files.append((tmp_path / f"l{i}.jpg").read_bytes())
+    n, concurrency = 200, 16
+    latencies, errors, health = [], [], []
+
+    async def main():
+        todo = iter(range(n))
+        limits = httpx.Limits(max_connections=concurrency + 2)
+        async with httpx.AsyncClient(base_url=server, timeout=60, limits=limits) as cl:
+            async def worker():
+                for i in todo:
+                    t0 = time.perf_counter()
+                    try:
+                        r = await cl.post("/v1/detect", files={"file": (f"{i}.jpg", files[i % 4], "image/jpeg")})
+                        ok = r.status_code == 200 and 0 <= r.json()["fake_probability"] <= 1
+                        if not ok:
+                            errors.append((r.status_code, r.text[:200]))
+                    except httpx.HTTPError as exc:
+                        errors.append(repr(exc))
+                    latencies.append(time.perf_counter() - t0)
+
+            async def probe():  # the event loop keeps answering while inference runs in threads
+                while len(latencies) < n:
+                    t0 = time.perf_counter()
+                    r = await cl.get("/healthz")
+                    assert r.status_code == 200
+                    health.append(time.perf_counter() - t0)
+                    await asyncio.sleep(0.05)
+
+            await asyncio.gather(probe(), *(worker() for _ in range(concurrency)))
+
+    t0 = time.perf_counter()
+    asyncio.run(asyncio.wait_for(main(), timeout=180))
+    wall = time.perf_counter() - t0
+    assert not errors, errors[:5]
+    assert len(latencies) == n
+    q = statistics.quantiles(latencies, n=20)
+    hq = statistics.quantiles(health, n=20) if len(health) > 1 else [float("nan")] * 19
+    print(f"\nload: {n} requests, {concurrency} concurrent, {wall:.1f} s ({n / wall:.1f} req/s); "
+          f"latency p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms; "
+          f"/healthz during load p50 {statistics.median(health) * 1000:.0f} ms, p95 {hq[18] * 1000:.0f} ms")
+    assert httpx.get(server + "/healthz").json()["served"] >= n
+
+
+def test_upload_page_in_a_real_browser(server, jpeg, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium'; `make install` installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the 'playwright' Python package is not installed")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.goto(server + "/", timeout=30_000)
+            assert page.title().startswith("glassdetect")
+            assert page.is_disabled("#submit")
+            page.set_input_files("#file", str(jpeg))
+            assert page.text_content("#filename") == jpeg.name
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            verdict = page.text_content("#verdict").strip().lower()
+            assert verdict in ("real", "fake", "unsure")
+            prob = page.text_content("#probability")
+            assert prob.endswith("%") and 0 <= float(prob[:-1]) <= 100
+            assert page.get_attribute("#evidence", "src").startswith("data:image/png;base64,")
+            page.wait_for_function("document.getElementById('evidence').naturalWidth > 0", timeout=10_000)
+            assert page.locator("#crops tbody tr").count() == 2
+            page.screenshot(path=os.environ.get("GD_SCREENSHOT", str(tmp_path / "page.png")), full_page=True)
+            # a file that is not an image: a readable error, no verdict
+            bad = tmp_path / "notes.jpg"
+            bad.write_text("not an image")
+            page.set_input_files("#file", str(bad))
+            page.click("#submit")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "not an image" in page.text_content("#error")
+            assert page.is_hidden("#result")
+        finally:
+            browser.close()
