@@ -19,7 +19,7 @@ from glassdetect.predict import COLUMNS, expand_inputs, predict
 from glassdetect.sampling import grid_size
 from glassdetect.views import cut_crops, open_image
 
-FAST = ["--workers", "0", "--threads", "1", "--quiet"]
+FAST = ["--workers", "0", "--threads", "1", "--quiet", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_cli_csv_round_trip(ckpt, images, tmp_path):
 def test_cli_jsonl_to_file_with_workers(ckpt, images, tmp_path):
     out = tmp_path / "out.jsonl"
     r = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "--format", "jsonl", "--out", str(out),
-                                 "--workers", "2", "--batch-size", "2", "--threads", "1", "--quiet"])
+                                 "--workers", "2", "--batch-size", "2", "--threads", "1", "--quiet", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 3 and all(set(rec) == set(COLUMNS) for rec in recs)

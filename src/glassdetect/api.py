@@ -9,11 +9,11 @@ Everything that turns an image into numbers lives here and is shared by ``glassd
 (:mod:`glassdetect.predict`), the HTTP service (:mod:`glassdetect.serve`) and the evidence maps
 (:mod:`glassdetect.explain`):
 
-* :func:`prepare` decodes an image once and builds its global view plus the crops of every draw.
-  For a file or bytes the crops of draw ``d`` are exactly those of
-  :func:`glassdetect.views.build_views` (``seed``, ``draw=d``): a function of the image's bytes,
-  so the same image always gets the same crops and the same score. For a PIL image or an array
-  the identity is a digest of its decoded pixels instead.
+* :func:`prepare` builds an image's global view plus the crops of every draw. For a file or
+  bytes, draw ``d`` is :func:`glassdetect.views.build_views` (``seed``, ``draw=d``) itself — the
+  views evaluation uses — a function of the image's bytes, so the same image always gets the
+  same crops and the same score. For a PIL image or an array the crop seed is a digest of its
+  decoded pixels instead.
 * :func:`collate_prepared` stacks prepared images (one row per image and draw, padded with a
   crop mask when crop counts differ, as in ``grid`` mode).
 * :meth:`Detector.run_batch` runs the model once per batch and returns one :class:`Detection`
@@ -42,7 +42,8 @@ from .models.factory import CONFIG_NAME, WEIGHTS_NAME
 from .runtime import autocast, resolve_device
 from .sampling import MODES, eval_rng, sample_boxes
 from .views import (
-    DEFAULT_MAX_PIXELS, ImageError, ViewSpec, _to_rgb, content_id, cut_crops, open_image, read_bytes, resize_global,
+    DEFAULT_MAX_PIXELS, ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes,
+    resize_global,
 )
 
 CROP_SCORE_DEFINITION = (
@@ -107,17 +108,8 @@ def _pixels_identity(img: Image.Image) -> str:
     return content_id(f"{img.mode}:{img.size}:".encode() + img.tobytes())
 
 
-def _load(source: Any, spec: ViewSpec, name: str | None) -> tuple[Image.Image, str, str]:
-    """Decode any supported input to (RGB image, identity for the crop RNG, display name)."""
-    draft = None if spec.need_crops else 2 * spec.global_size
-    if isinstance(source, (str, Path)):
-        name = name or str(source)
-        data = read_bytes(source)
-        return open_image(data, spec.max_pixels, draft_size=draft, name=name), content_id(data), name
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        name = name or "<bytes>"
-        return open_image(data, spec.max_pixels, draft_size=draft, name=name), content_id(data), name
+def _pil_input(source: Any, spec: ViewSpec, name: str | None) -> tuple[Image.Image, str, str]:
+    """A PIL image or uint8 array -> (RGB image, identity for the crop RNG, display name)."""
     if isinstance(source, np.ndarray):
         name = name or "<array>"
         arr = source
@@ -128,19 +120,25 @@ def _load(source: Any, spec: ViewSpec, name: str | None) -> tuple[Image.Image, s
         if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
             raise ImageError(name, f"arrays must be (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got {source.shape}")
         source = Image.fromarray(np.ascontiguousarray(arr))
-    if isinstance(source, Image.Image):
-        name = name or "<PIL image>"
-        w, h = source.size
-        if w * h > spec.max_pixels:
-            raise ImageError(name, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {spec.max_pixels / 1e6:.0f} MP")
-        if w < 1 or h < 1:
-            raise ImageError(name, "empty image")
-        try:
-            img = _to_rgb(ImageOps.exif_transpose(source))
-        except (OSError, ValueError) as exc:
-            raise ImageError(name, f"cannot convert: {exc}") from None
-        return img, _pixels_identity(img), name
-    raise TypeError(f"unsupported image input {type(source).__name__}: give a path, bytes, a PIL image or a uint8 array")
+    if not isinstance(source, Image.Image):
+        raise TypeError(f"unsupported image input {type(source).__name__}: give a path, bytes, a PIL image or a uint8 array")
+    name = name or "<PIL image>"
+    w, h = source.size
+    if w * h > spec.max_pixels:
+        raise ImageError(name, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {spec.max_pixels / 1e6:.0f} MP")
+    if w < 1 or h < 1:
+        raise ImageError(name, "empty image")
+    try:
+        img = _to_rgb(ImageOps.exif_transpose(source))
+    except (OSError, ValueError) as exc:
+        raise ImageError(name, f"cannot convert: {exc}") from None
+    return img, _pixels_identity(img), name
+
+
+def _thumbnail(img: Image.Image, side: int) -> Image.Image:
+    img = img.copy()
+    img.thumbnail((side, side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return img
 
 
 def prepare(
@@ -151,38 +149,50 @@ def prepare(
     thumbnail: int = 0,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """Decode once; build the global view and the crops of ``draws`` draws (``grid``: one draw).
+    """Build the global view and the crops of ``draws`` draws (``grid`` and the baseline: one draw).
+
+    Files and bytes go through :func:`glassdetect.views.build_views` for every draw, exactly as
+    evaluation does, so ``predict`` and ``evaluate`` always see the same views. PIL images and
+    arrays are cut here with the same functions, seeded by their pixels.
 
     Returns ``global`` (3, S, S) uint8, ``crops`` (D·K, 3, P, P) uint8, ``boxes`` (D·K, 2) as
     (top, left), ``k`` (crops per draw), ``draws``, ``size`` (H, W), ``name`` and ``thumb``
     (an RGB PIL image whose longer side is at most ``thumbnail``, or None). Raises
     :class:`~glassdetect.views.ImageError` for an unusable image.
     """
-    img, identity, name = _load(source, spec, name)
-    w, h = img.size
-    g = torch.from_numpy(resize_global(img, spec.global_size, spec.interpolation))
-    if not spec.need_crops:
-        draws = 1
-        crops = torch.zeros((0, 3, spec.patch, spec.patch), dtype=torch.uint8)
-        boxes = torch.zeros((0, 2), dtype=torch.int64)
-        k = 0
-    else:
-        draws = 1 if spec.mode == "grid" else max(1, int(draws))
-        pixels = np.asarray(img)
-        all_boxes, all_crops = [], []
-        for d in range(draws):
-            b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid)
-            all_boxes += b
-            all_crops.append(cut_crops(pixels, b, spec.patch))
-        k = len(all_boxes) // draws
-        crops = torch.from_numpy(np.concatenate(all_crops))
-        boxes = torch.tensor(all_boxes, dtype=torch.int64).view(-1, 2)
+    draws = 1 if (not spec.need_crops or spec.mode == "grid") else max(1, int(draws))
     thumb = None
-    if thumbnail:
-        thumb = img.copy()
-        thumb.thumbnail((thumbnail, thumbnail), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return {"global": g, "crops": crops, "boxes": boxes, "k": k, "draws": draws, "size": (h, w), "name": name,
-            "thumb": thumb}
+    if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+        if isinstance(source, (str, Path)):
+            name = name or str(source)
+            data = read_bytes(source)
+        else:
+            data, name = bytes(source), name or "<bytes>"
+        views = [build_views(data, spec, seed=seed, draw=d, name=name) for d in range(draws)]
+        g, (h, w) = views[0].global_view, views[0].size
+        all_crops = [v.crops for v in views]
+        all_boxes = [b for v in views for b in v.boxes]
+        if thumbnail:  # JPEGs decode at a reduced DCT scale here: cheap
+            thumb = _thumbnail(open_image(data, spec.max_pixels, draft_size=thumbnail, name=name), thumbnail)
+    else:
+        img, identity, name = _pil_input(source, spec, name)
+        w, h = img.size
+        g = resize_global(img, spec.global_size, spec.interpolation)
+        all_crops, all_boxes = [], []
+        if spec.need_crops:
+            pixels = np.asarray(img)
+            for d in range(draws):
+                b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid)
+                all_boxes += b
+                all_crops.append(cut_crops(pixels, b, spec.patch))
+        if thumbnail:
+            thumb = _thumbnail(img, thumbnail)
+    k = len(all_boxes) // draws
+    crops = (torch.from_numpy(np.ascontiguousarray(np.concatenate(all_crops))) if all_boxes
+             else torch.zeros((0, 3, spec.patch, spec.patch), dtype=torch.uint8))
+    boxes = torch.tensor(all_boxes, dtype=torch.int64).view(-1, 2)
+    return {"global": torch.from_numpy(np.ascontiguousarray(g)), "crops": crops, "boxes": boxes, "k": k,
+            "draws": draws, "size": (int(h), int(w)), "name": name, "thumb": thumb}
 
 
 def collate_prepared(items: Sequence[dict]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ travel in the ONNX metadata (``glassdetect.config``), so a runtime can cut the s
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import warnings
@@ -62,7 +63,9 @@ def export_onnx(model_or_checkpoint: Any, out: str | Path, opset: int = 17, chec
         model = model_or_checkpoint
     else:
         model, meta = load_checkpoint(model_or_checkpoint, "cpu")
-    model = model.to("cpu").eval()
+    if any(t.device.type != "cpu" for t in model.parameters()):
+        model = copy.deepcopy(model).to("cpu")  # export on the CPU without moving the caller's model
+    model = model.eval()
     cfg = model.cfg
     glass = cfg.arch == "glass"
     graph = (_GlassGraph if glass else _StandardGraph)(model, cfg.temperature).eval()
