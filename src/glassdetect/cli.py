@@ -154,6 +154,8 @@ def predict(
         _fail("--mode must be stratified, grid or random")
     if not (checkpoint / "config.json").is_file():
         _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
     failed = total = 0
     try:
