@@ -31,6 +31,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="ImageFolder-style tree (real/, fake/), a manifest CSV, or a folder with manifest.csv."),
     out: Path = typer.Option(..., "--out", help="Run directory: best/, last/, metrics.jsonl, curves.png, split.csv."),
     arch: str = typer.Option("glass", help="glass (global + K crops) or standard (resize-only baseline)."),
@@ -63,8 +64,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last with identical state."),
     config: Optional[Path] = typer.Option(None, help="JSON file of training options (command-line values win when given)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch."),
 ) -> None:
-    """Train GLASS or the resize-only baseline."""
+    """Train GLASS or the resize-only baseline.
+
+    Multi-GPU / multi-node: run the same command under ``torchrun --nproc_per_node N --no-python glassdetect train ...``
+    (--batch-size is then the global batch, split evenly over the N processes; see docs/search-and-scale.md).
+    """
     from .train import TrainConfig, train as run_train
 
     opts = dict(
@@ -74,17 +80,22 @@ def train(
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing,
         class_names=tuple(c.strip() for c in classes.split(",")),
         split_fractions=tuple(float(x) for x in split.split(",")), max_pixels=max_pixels, seed=seed,
-        workers=workers, threads=threads, device=device, amp=amp, resume=resume, progress=not quiet,
+        workers=workers, threads=threads, device=device, amp=amp, resume=resume, progress=not quiet, sync_bn=sync_bn,
     )
     if config is not None:
-        ctx = typer.get_current_context()
         from_file = json.loads(config.read_text())
         given = {name for name, src in ((n, ctx.get_parameter_source(n)) for n in ctx.params) if src and src.name == "COMMANDLINE"}
+        # command-line names that differ from the TrainConfig field they set
+        given |= {f for opt, f in (("classes", "class_names"), ("split", "split_fractions"), ("quiet", "progress")) if opt in given}
         opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
     try:
         summary = run_train(TrainConfig.from_dict(opts))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    from .distributed import env_info
+
+    if not env_info().is_main:  # under torchrun only rank 0 reports
+        return
     console.print(f"best validation accuracy {summary['best_val_accuracy']:.4f} → {out / 'best'}")
     if summary["bad_images"]:
         console.print(f"[yellow]{summary['bad_images']} unreadable images skipped[/yellow] (see {out / 'bad_images.csv'})")
@@ -281,6 +292,167 @@ def build_offline_bench(
     except FetchError as exc:
         _fail(str(exc))
     console.print(f"wrote {manifest}")
+
+
+@app.command()
+def tune(
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv (split as for train)."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", help="Study folder: study.db, trials/NNNN/, trials.csv, best.json, best_config.json."),
+    arch: str = typer.Option("glass", help="glass or standard."),
+    backbone: str = typer.Option("resnet50", help="Any timm model name."),
+    trials: int = typer.Option(20, help="Trials this worker runs (the study keeps everything already done)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default sqlite:///OUT/study.db); e.g. postgresql://user:pw@host/db to share one study between workers."),
+    study: Optional[str] = typer.Option(None, help="Study name (default glassdetect-ARCH-BACKBONE)."),
+    space: Optional[Path] = typer.Option(None, help="YAML search space merged over the paper's default (see docs/search-and-scale.md)."),
+    worker: int = typer.Option(0, help="Distinct id per parallel worker of one study (enters the sampler seed)."),
+    max_trials: Optional[int] = typer.Option(None, help="Stop once the study has this many complete + pruned trials (all workers)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="timm's ImageNet weights (needs a model hub)."),
+    weights: Optional[str] = typer.Option(None, help="Local weights or offline:<source>."),
+    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="One backbone for global and local views."),
+    k: int = typer.Option(4, "-k", "--k", help="Crops per image when K is not searched."),
+    sampling: str = typer.Option("stratified"),
+    epochs: int = typer.Option(10, help="Epochs per trial (Hyperband's maximum resource)."),
+    batch_size: int = typer.Option(16, help="Used when batch_size is not searched."),
+    freeze: int = typer.Option(0),
+    label_smoothing: float = typer.Option(0.1),
+    classes: str = typer.Option("real,fake"),
+    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions for data without splits (trials share one split)."),
+    max_pixels: int = typer.Option(200_000_000),
+    seed: int = typer.Option(0, help="Training seed of every trial (so all share one data split) and the sampler's seed."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    amp: bool = typer.Option(True, "--amp/--no-amp"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Hyperparameter search (Optuna TPE + Hyperband pruning on validation accuracy); writes OUT/best_config.json for train --config."""
+    from .train import TrainConfig
+    from .tune import SpaceError, tune as run_tune
+
+    base = TrainConfig(
+        data=str(data), out=str(out), arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, freeze=freeze,
+        label_smoothing=label_smoothing, class_names=tuple(c.strip() for c in classes.split(",")),
+        split_fractions=tuple(float(x) for x in split.split(",")), max_pixels=max_pixels, seed=seed, workers=workers,
+        threads=threads, device=device, amp=amp, progress=not quiet,
+    )
+    try:
+        res = run_tune(base, out, trials, storage=storage, study_name=study, space=space, worker=worker,
+                       max_trials=max_trials, timeout=timeout)
+    except (SpaceError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items() if n)
+    console.print(f"study {res['study']}: {res['n_trials']} trials ({counts})")
+    if res["best"] is None:
+        _fail("no trial has completed yet", code=1)
+    console.print(f"best: trial {res['best']['number']} val accuracy {res['best']['value']:.4f} → {res['best_config']}")
+
+
+@app.command()
+def final(
+    config: Path = typer.Option(..., "--config", help="JSON training options, e.g. a tune run's best_config.json."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv."),
+    out: Path = typer.Option(..., "--out", help="Output: seed-S/ per seed, final.json, final.md."),
+    seeds: str = typer.Option("100,200,300,400,500", help="Comma-separated training seeds."),
+    val_fraction: float = typer.Option(0.1, help="Share of train+val carved out per seed for model selection."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the fixed train/val/test split (default: the config's seed)."),
+    draws: int = typer.Option(1, help="Crop draws averaged per test image."),
+    epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
+    name: Optional[str] = typer.Option(None, help="Row name in final.md (default: arch · backbone · K)."),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Final runs: train+val merged, several seeds, test-set metrics as mean ± std (final.json, final.md)."""
+    from .final import SUMMARY_METRICS, run_final
+
+    overrides = dict(workers=workers, threads=threads, device=device, progress=not quiet)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    try:
+        res = run_final(config, data, out, [int(s) for s in seeds.split(",") if s.strip()], val_fraction, split_seed,
+                        draws, overrides, name)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{res['name']} — test (n={res['n_test']}), {len(res['seeds'])} seeds")
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    for m in SUMMARY_METRICS:
+        a = res["aggregate"].get(m)
+        table.add_row(m, "n/a" if a is None else f"{a['mean']:.4f} ± {a['std']:.4f}")
+    Console().print(table)
+    console.print(f"wrote {out / 'final.json'} and {out / 'final.md'}")
+
+
+@app.command()
+def cost(
+    backbone: str = typer.Option("resnet50", help="Any timm model name (random weights: cost does not depend on them)."),
+    crops: Optional[str] = typer.Option(None, help="K values: 1-16, 1,2,4,8 ... (default 1-16; --quick: 1,2,4)."),
+    device: str = typer.Option("auto"),
+    batch: Optional[int] = typer.Option(None, help="Images per step (default 8; --quick: 2)."),
+    steps: Optional[int] = typer.Option(None, help="Measured repetitions (median; default 5, --quick: 2)."),
+    warmup: Optional[int] = typer.Option(None, help="Unmeasured repetitions first (default 2, --quick: 1)."),
+    shared_backbone: bool = typer.Option(False, "--shared-backbone"),
+    patch: int = typer.Option(224, help="Crop side."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    threads: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/cost"), "--out", help="cost.json and cost.png."),
+    quick: bool = typer.Option(False, "--quick", help="Small defaults for a fast look (or a test)."),
+) -> None:
+    """Peak memory and time per training step / inference image against K, with line fits, next to the baseline."""
+    from .cost import measure_cost, parse_crops
+
+    try:
+        ks = parse_crops(crops or ("1,2,4" if quick else "1-16"))
+    except ValueError as exc:
+        _fail(str(exc))
+    res = measure_cost(backbone, ks, device=device, batch=batch or (2 if quick else 8), steps=steps or (2 if quick else 5),
+                       warmup=warmup if warmup is not None else (1 if quick else 2), patch=patch,
+                       shared_backbone=shared_backbone, amp=amp, threads=threads, out=out,
+                       progress=lambda m: console.print(f"measuring {m}"))
+    table = Table(title=f"{backbone} on {res['device']} (batch {res['batch']})")
+    for col in ("K", "train step (s)", "train peak (MB)", "infer (s/img)", "infer peak (MB)"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    rows = [("baseline", res["standard"])] + [(str(r["k"]), r) for r in res["glass"]]
+    for name, r in rows:
+        table.add_row(name, fmt(r["train_step_s"], ".4f"), fmt(r["train_peak_mb"], ".1f"),
+                      fmt(r["infer_s_per_image"], ".5f"), fmt(r["infer_peak_mb"], ".1f"))
+    Console().print(table)
+    for key, fit in res["fits"].items():
+        if fit:
+            console.print(f"{key}: {fit['intercept']:.4g} + {fit['slope']:.4g}·K  (R² {fit['r2']:.3f})")
+    console.print(f"wrote {out / 'cost.json'} and {out / 'cost.png'}")
+
+
+@app.command()
+def bench(
+    what: str = typer.Argument("all", help="views, model, predict or all."),
+    quick: bool = typer.Option(False, "--quick", help="Views at 12 and 24 MP, one backbone, fewer images (under 3 minutes)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the raw results as JSON here."),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown tables here."),
+    device: str = typer.Option("auto", help="Model and predict device: auto (CUDA with AMP when present), cpu, cuda ..."),
+    threads: int = typer.Option(0, help="Torch threads for the model (0 = auto); view building always uses one, as a worker."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the generated images go (default: the system temp folder)."),
+) -> None:
+    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak) and predict overlap."""
+    from .bench import run_bench, to_markdown
+
+    try:
+        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir)
+    except ValueError as exc:
+        _fail(str(exc))
+    text = to_markdown(res)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+    if md is not None:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text + "\n")
+    print(text)
+    console.print(f"bench finished in {res['elapsed_s']:.0f} s")
 
 
 def main() -> None:

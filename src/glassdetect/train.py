@@ -5,6 +5,13 @@ backbone / head for the baseline), cosine annealing to ``min_lr``, label smoothi
 precision on CUDA (fp32 on CPU), gradient accumulation. The best epoch by validation accuracy
 is kept in ``OUT/best/``; ``OUT/last/`` is rewritten atomically every epoch with everything
 ``--resume`` needs to continue exactly as an uninterrupted run would.
+
+The same function runs under ``torchrun --nproc_per_node N`` (DistributedDataParallel; NCCL on
+CUDA, gloo on CPU). ``batch_size`` is then the *global* batch: each of the N processes takes
+``batch_size / N`` images of the very order a single process would use (see
+:class:`glassdetect.distributed.ShardSampler`), gradients are averaged across processes, the
+validation set is sharded and its predictions gathered, the epoch's metrics are summed over
+processes, and only rank 0 writes files. A run started with N processes resumes with N.
 """
 from __future__ import annotations
 
@@ -20,8 +27,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as ddp
 from .data import (
-    ViewDataset, Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
+    ViewDataset, Sample, assign_splits, check_no_leak, collate, load_samples, read_split, worker_init, write_split,
 )
 from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint
@@ -71,6 +79,7 @@ class TrainConfig:
     amp: bool = True
     progress: bool = True
     resume: bool = False
+    sync_bn: bool = False  # DistributedDataParallel only: BatchNorm statistics over the global batch
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
@@ -131,7 +140,9 @@ def _split_samples(cfg: TrainConfig, out: Path) -> list[Sample]:
         samples = [s if s.split else type(s)(**{**asdict(s), "split": where.get(s.path, "")}) for s in samples]
     samples = assign_splits(samples, cfg.split_fractions, cfg.seed)
     check_no_leak(samples)
-    write_split(samples, saved)
+    ddp.barrier()  # under DDP every rank has read split.csv before rank 0 rewrites it
+    if ddp.is_main():
+        write_split(samples, saved)
     return samples
 
 
@@ -158,22 +169,79 @@ def evaluate_loss(model: nn.Module, loader, device: torch.device, amp: bool, smo
     """Validation metrics (deterministic crops) plus the mean loss."""
     preds = infer(model, loader, device, amp)
     labels = np.array([loader.dataset.samples[i].label for i in preds.index], dtype=int)
-    m = binary_metrics(preds.prob_fake, labels)
+    return _val_metrics(preds.prob_fake, preds.logits, labels, preds.errors, smoothing)
+
+
+def _val_metrics(prob_fake: np.ndarray, logits: np.ndarray, labels: np.ndarray, errors: list, smoothing: float) -> dict:
+    m = binary_metrics(prob_fake, labels)
     if len(labels):
-        loss = nn.functional.cross_entropy(torch.from_numpy(preds.logits), torch.from_numpy(labels),
+        loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
                                            label_smoothing=smoothing)
         m["loss"] = float(loss)
     else:
         m["loss"] = float("nan")
-    m["errors"] = preds.errors
+    m["errors"] = errors
     return m
 
 
+def evaluate_loss_sharded(model: nn.Module, loader, shard: list[int], val_s: list[Sample], device: torch.device,
+                          amp: bool, smoothing: float) -> dict:
+    """DDP validation: each rank infers its shard (``shard[i]`` is the global index of its i-th
+    image); predictions are gathered and every rank computes the same metrics over the whole set."""
+    preds = infer(model, loader, device, amp)
+    parts = ddp.all_gather_object(([shard[i] for i in preds.index], preds.logits, preds.errors))
+    idx = np.array([i for p in parts for i in p[0]], dtype=np.int64)
+    n_cls = preds.logits.shape[1]
+    logits = np.concatenate([p[1].reshape(-1, n_cls) for p in parts]).astype(np.float32)
+    order = np.argsort(idx, kind="stable")
+    idx, logits = idx[order], logits[order]
+    prob = torch.from_numpy(logits).softmax(-1)[:, -1].numpy() if len(logits) else np.zeros(0, np.float32)
+    labels = np.array([val_s[i].label for i in idx], dtype=int)
+    return _val_metrics(prob, logits, labels, [e for p in parts for e in p[2]], smoothing)
+
+
+def _shard_loader(dataset: ViewDataset, sampler, batch_size: int, workers: int, device: torch.device,
+                  generator: torch.Generator | None = None):
+    """:func:`runtime.make_loader` with an explicit sampler."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        worker_init_fn=worker_init if workers > 0 else None, generator=generator,
+        pin_memory=device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def _dummy_inputs(spec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """One all-zero image, for a DDP rank whose whole batch failed to decode (it must still take part)."""
+    k = spec.k if spec.need_crops else 0
+    g = torch.zeros((1, 3, spec.global_size, spec.global_size), dtype=torch.uint8, device=device)
+    c = torch.zeros((1, k, 3, spec.patch, spec.patch), dtype=torch.uint8, device=device)
+    return g, c, None
+
+
 def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Train one model; returns the run summary (also written to ``OUT/summary.json``)."""
+    """Train one model; returns the run summary (also written to ``OUT/summary.json``).
+
+    Under a distributed launcher (``WORLD_SIZE > 1``) the process group is started here (unless
+    the caller already did) and every rank returns the same summary; ``on_epoch_end`` runs on
+    every rank with the same, globally reduced record.
+    """
+    env = ddp.env_info()
+    device = ddp.resolve_device(cfg.device, env.local_rank) if env.enabled else resolve_device(cfg.device)
+    owns_group = ddp.init(device)
+    try:
+        return _train(cfg, on_epoch_end, device)
+    finally:
+        if owns_group:
+            ddp.cleanup()
+
+
+def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, device: torch.device) -> dict:
+    dist = ddp.info() if ddp.is_initialized() else ddp.DistInfo()
+    main = dist.is_main
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     configure_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     samples = _split_samples(cfg, out)
@@ -187,14 +255,33 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
     frozen = freeze_leading(model.global_backbone, cfg.freeze)
     if getattr(model, "local_backbone", model.global_backbone) is not model.global_backbone:
         frozen += freeze_leading(model.local_backbone, cfg.freeze)
+    if dist.enabled and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    net: nn.Module = model
+    if dist.enabled:
+        if cfg.batch_size % dist.world_size:
+            raise ValueError(f"batch size {cfg.batch_size} (the global batch) must be divisible by the "
+                             f"{dist.world_size} processes")
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if dist.rank > 0:  # rank 0 keeps the single-process random stream; the others get their own
+            torch.manual_seed(cfg.seed * 1_000_003 + dist.rank)
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1), eta_min=cfg.min_lr)
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     spec = mcfg.view_spec(cfg.max_pixels)
     train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed)
-    val_loader = make_loader(ViewDataset(val_s, spec, train=False, seed=cfg.seed), cfg.batch_size, cfg.workers, device=device)
+    if dist.enabled:
+        local_batch = cfg.batch_size // dist.world_size
+        sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
+        val_shard = list(range(dist.rank, len(val_s), dist.world_size))
+        val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
+                                 local_batch, cfg.workers, device=device)
+    else:
+        val_loader = make_loader(ViewDataset(val_s, spec, train=False, seed=cfg.seed), cfg.batch_size, cfg.workers, device=device)
 
     start, best_acc, history, bad = 0, -math.inf, [], {}
     if cfg.resume and (out / "last" / STATE_NAME).exists():
@@ -203,34 +290,61 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        ranks = state.get("torch_rng_ranks")  # per-rank streams of a DDP run
+        same_world = ranks is not None and len(ranks) == dist.world_size
+        torch.set_rng_state(ranks[dist.rank] if same_world else state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+            cuda_ranks = state.get("cuda_rng_ranks")
+            torch.cuda.set_rng_state(cuda_ranks[dist.rank] if same_world and cuda_ranks else state["cuda_rng"])
         start, best_acc, history = int(state["epoch"]) + 1, float(state["best_acc"]), json.loads(state["history"])
         bad = json.loads(state.get("bad_images", "{}"))
     meta = {"train": _jsonable(asdict(cfg)), "frozen_parameters": frozen, "device": str(device)}
+    if dist.enabled:
+        meta["world_size"] = dist.world_size
     metrics_path = out / "metrics.jsonl"
-    if start == 0 and metrics_path.exists():
+    if main and start == 0 and metrics_path.exists():
         metrics_path.unlink()
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, generator=gen, device=device)
-        model.train()
+        if dist.enabled:
+            sampler.set_epoch(epoch)
+            loader = _shard_loader(train_ds, sampler, local_batch, cfg.workers, device, generator=gen)
+        else:
+            loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, generator=gen, device=device)
+        net.train()
         tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False, unit="batch")
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main), leave=False,
+                   unit="batch")
         optimizer.zero_grad(set_to_none=True)
         for batch in bar:
             for path, reason in batch["errors"]:
                 bad[path] = reason
-            if "index" not in batch:
+            if dist.enabled:
+                # Every rank must join every gradient all-reduce: a rank whose whole batch failed to
+                # decode contributes a zero-weighted pass; the step is skipped only if all ranks are empty.
+                (n_good,) = ddp.all_reduce_sum([len(batch.get("index", []))])
+                if n_good == 0:
+                    continue
+                if "index" not in batch:
+                    net.eval()
+                    logits, _ = net(*_dummy_inputs(spec, device))
+                    net.train()
+                    scaler.scale(logits.float().sum() * 0.0).backward()
+                    step += 1
+                    if step % cfg.accum == 0:
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                    continue
+            elif "index" not in batch:
                 continue
             g, c, m = to_device(batch, device)
             y = batch["label"].to(device)
             with autocast(device, cfg.amp):
-                logits, _ = model(g, c, m)
+                logits, _ = net(g, c, m)
                 loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             scaler.scale(loss / cfg.accum).backward()
             step += 1
@@ -248,7 +362,14 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
             optimizer.zero_grad(set_to_none=True)
         lrs = {grp["name"]: grp["lr"] for grp in optimizer.param_groups}
         scheduler.step()
-        val = evaluate_loss(model, val_loader, device, cfg.amp, cfg.label_smoothing)
+        if dist.enabled:
+            val = evaluate_loss_sharded(model, val_loader, val_shard, val_s, device, cfg.amp, cfg.label_smoothing)
+            tot_loss, tot_correct, tot_n = ddp.all_reduce_sum([tot_loss, tot_correct, tot_n])
+            tot_correct, tot_n = int(round(tot_correct)), int(round(tot_n))
+            for part in ddp.all_gather_object(bad):
+                bad.update(part)
+        else:
+            val = evaluate_loss(model, val_loader, device, cfg.amp, cfg.label_smoothing)
         for path, reason in val.pop("errors"):
             bad[path] = reason
         rec = {
@@ -257,9 +378,10 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
             "lr": lrs, "seconds": time.perf_counter() - t0, "train_images": tot_n,
         }
         history.append(rec)
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        _plot_curves(history, out / "curves.png")
+        if main:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            _plot_curves(history, out / "curves.png")
         improved = val["accuracy"] is not None and val["accuracy"] > best_acc
         if improved:
             best_acc = val["accuracy"]
@@ -271,19 +393,25 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
-        save_checkpoint(out / "last", model, ckpt_meta, write_extra=lambda d: torch.save(state, d / STATE_NAME))
-        if improved:
-            save_checkpoint(out / "best", model, ckpt_meta)
-        if cfg.progress:
+        if dist.enabled:
+            state["torch_rng_ranks"] = ddp.all_gather_object(torch.get_rng_state())
+            if device.type == "cuda":
+                state["cuda_rng_ranks"] = ddp.all_gather_object(torch.cuda.get_rng_state())
+        if main:
+            save_checkpoint(out / "last", model, ckpt_meta, write_extra=lambda d: torch.save(state, d / STATE_NAME))
+            if improved:
+                save_checkpoint(out / "best", model, ckpt_meta)
+        if cfg.progress and main:
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_accuracy']:.3f}  "
                 f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} auc {_fmt(val['auc'])}  "
                 f"{rec['seconds']:.0f}s{'  *best' if improved else ''}"
             )
+        ddp.barrier()  # DDP: the epoch's checkpoint is on disk before any rank goes on (or stops)
         if on_epoch_end is not None:
             on_epoch_end(epoch, rec)
 
-    if bad:
+    if bad and main:
         with open(out / "bad_images.csv", "w") as fh:
             fh.write("path,reason\n")
             for p, r in sorted(bad.items()):
@@ -293,7 +421,11 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
         "n_train": len(train_s), "n_val": len(val_s), "n_test": sum(s.split == "test" for s in samples),
         "bad_images": len(bad), "seed": cfg.seed, "device": str(device),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist.enabled:
+        summary["world_size"] = dist.world_size
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    ddp.barrier()  # every rank returns only once rank 0's files are complete
     return summary
 
 

@@ -1,0 +1,81 @@
+"""Aggregating repeated runs: mean ± std over seeds, as JSON-ready dicts and Markdown tables.
+
+``aggregate(runs)`` takes one metrics dict per run (e.g. what :func:`glassdetect.evaluate.evaluate`
+returns) and summarises every numeric top-level key::
+
+    {"accuracy": {"mean": 0.91, "std": 0.012, "values": [0.90, 0.92, ...], "n": 5}, ...}
+
+``std`` is the sample standard deviation (``ddof=1``; 0.0 for a single run). Values that are
+missing, ``None``, NaN or not numbers (booleans, strings, nested dicts) are left out of that key;
+a key with no numeric value in any run is left out entirely.
+
+``markdown_table(rows, metrics)`` renders ``{row name: aggregate(...)}`` as a Markdown table with
+one ``mean ± std`` column per metric.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, Real):
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def aggregate(runs: Sequence[Mapping]) -> dict:
+    """``{metric: {"mean", "std", "values", "n"}}`` over the numeric top-level keys of ``runs``."""
+    keys: list[str] = []
+    for run in runs:
+        for k in run:
+            if k not in keys:
+                keys.append(k)
+    out: dict[str, dict] = {}
+    for k in keys:
+        values = [x for x in (_number(run.get(k)) for run in runs) if x is not None]
+        if not values:
+            continue
+        arr = np.asarray(values, dtype=float)
+        out[k] = {
+            "mean": float(arr.mean()),
+            "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "values": values,
+            "n": len(values),
+        }
+    return out
+
+
+def format_mean_std(stat: Mapping | None, digits: int = 3, scale: float = 1.0) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat.get('std', 0.0) * scale:.{digits}f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping], metrics: Sequence[str], digits: int = 3,
+                   name_header: str = "run") -> str:
+    """A Markdown table: one row per entry of ``rows`` (an :func:`aggregate` result), one
+    ``mean ± std`` column per metric; ``n/a`` where a row lacks the metric."""
+    header = [name_header, *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(metrics)) + "|"]
+    for name, agg in rows.items():
+        cells = [str(name)] + [format_mean_std(agg.get(m), digits) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_run_table(runs: Sequence[Mapping], metrics: Iterable[str], label: str = "seed", digits: int = 4) -> str:
+    """One row per run (``run[label]`` names it), raw values."""
+    metrics = list(metrics)
+    lines = ["| " + " | ".join([label, *metrics]) + " |", "|" + "|".join(["---"] + ["---:"] * len(metrics)) + "|"]
+    for run in runs:
+        cells = [str(run.get(label, ""))]
+        for m in metrics:
+            v = _number(run.get(m))
+            cells.append("n/a" if v is None else f"{v:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,44 @@
+"""`glassdetect cost`: memory and time against K, line fits, JSON + PNG, baseline alongside."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from glassdetect.cli import app
+from glassdetect.cost import line_fit, parse_crops
+
+
+def test_parse_crops_and_line_fit():
+    assert parse_crops("1-4") == [1, 2, 3, 4]
+    assert parse_crops("1,2,4,8") == [1, 2, 4, 8]
+    assert parse_crops("1-3,8, 16") == [1, 2, 3, 8, 16]
+    for bad in ("0-3", "", "x"):
+        with pytest.raises(ValueError):
+            parse_crops(bad)
+    fit = line_fit([1, 2, 4], [12.0, 14.0, 18.0])
+    assert fit["intercept"] == pytest.approx(10.0) and fit["slope"] == pytest.approx(2.0) and fit["r2"] == pytest.approx(1.0)
+    assert line_fit([1, 1], [1.0, 2.0]) is None
+
+
+def test_cli_cost_quick_test_resnet(tmp_path):
+    out = tmp_path / "cost"
+    r = CliRunner().invoke(app, ["cost", "--backbone", "test_resnet", "--quick", "--crops", "1,3", "--batch", "1",
+                                 "--device", "cpu", "--threads", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "cost.json").read_text())
+    assert res["crops"] == [1, 3] and [row["k"] for row in res["glass"]] == [1, 3]
+    for row in [*res["glass"], res["standard"]]:
+        assert row["train_step_s"] > 0 and row["infer_s_per_image"] > 0
+        assert row["train_peak_mb"] is None or row["train_peak_mb"] >= 0
+    # more crops cost more time and memory, and the baseline (no crops) costs less than K=1
+    g1, g3 = res["glass"]
+    assert g3["train_step_s"] > g1["train_step_s"] and g3["infer_s_per_image"] > g1["infer_s_per_image"]
+    if g1["train_peak_mb"] is not None:  # Linux: RSS sampling
+        assert g3["train_peak_mb"] > g1["train_peak_mb"] > 0
+    assert res["standard"]["train_step_s"] < g1["train_step_s"]
+    fit = res["fits"]["train_step_s"]
+    assert fit["slope"] > 0 and set(fit) == {"intercept", "slope", "r2"}
+    assert res["glass_parameters"] > res["standard"]["parameters"]
+    assert (out / "cost.png").stat().st_size > 5000
