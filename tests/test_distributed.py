@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from glassdetect import distributed as ddp
 from glassdetect.models import create_model
@@ -35,8 +33,9 @@ def test_shard_sampler_splits_the_single_process_batches(n):
     """Rank r takes positions r, r+W, ... of the single-process order: with a per-rank batch of
     B/W, the ranks' i-th batches together are the single process's i-th batch of B."""
     seed, world, batch = 7, 2, 4
-    single = [list(map(int, b)) for b in tqdm(DataLoader(range(n), batch_size=batch, shuffle=True,
-                                                         generator=torch.Generator().manual_seed(seed)), disable=True)]
+    order = list(ddp.ShardSampler(n, 0, 1, lambda e: seed + e))  # what a single process visits
+    assert sorted(order) == list(range(n))
+    single = [order[i:i + batch] for i in range(0, n, batch)]
     shards = [list(ddp.ShardSampler(n, r, world, lambda e: seed + e)) for r in range(world)]
     assert len(shards[0]) == len(shards[1]) == -(-n // world)  # equal step counts on every rank
     per_rank = [[s[i:i + batch // world] for i in range(0, len(s), batch // world)] for s in shards]

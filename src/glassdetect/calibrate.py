@@ -131,7 +131,7 @@ def calibrate(
 
 
 def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, threads, seed, progress) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .data import ViewDataset, load_samples
     from .evaluate import select_split

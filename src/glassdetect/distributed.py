@@ -140,19 +140,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def shuffled_order(n: int, seed: int) -> list[int]:
-    """The order in which the single-process training loop, ``for batch in tqdm(DataLoader(...,
-    shuffle=True, generator=Generator().manual_seed(seed)))``, visits ``n`` items.
-
-    Derived by running exactly that loop over indices rather than re-implementing it, because
-    both libraries draw from the generator before shuffling (each DataLoader iterator draws its
-    workers' base seed, and ``tqdm.auto`` opens one extra iterator when it wraps an iterable).
-    """
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(range(n), batch_size=max(n, 1), shuffle=True, generator=gen, collate_fn=list)
-    return [int(i) for batch in tqdm(loader, disable=True) for i in batch]
+    """The training order of ``n`` items for one epoch: a permutation from an explicit seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 class ShardSampler(torch.utils.data.Sampler[int]):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import Sample, ViewDataset, load_samples, read_split
 from .metrics import binary_metrics, bootstrap_auc, per_generator, reliability_plot

@@ -110,7 +110,7 @@ def predict(
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
     """
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .api import Detector, PreparedDataset, collate_prepared
     from .data import worker_init

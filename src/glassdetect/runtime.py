@@ -48,11 +48,13 @@ def make_loader(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
+    sampler=None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         worker_init_fn=worker_init if workers > 0 else None,

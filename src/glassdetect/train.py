@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import distributed as ddp
 from .data import (
@@ -200,18 +200,6 @@ def evaluate_loss_sharded(model: nn.Module, loader, shard: list[int], val_s: lis
     return _val_metrics(prob, logits, labels, [e for p in parts for e in p[2]], smoothing)
 
 
-def _shard_loader(dataset: ViewDataset, sampler, batch_size: int, workers: int, device: torch.device,
-                  generator: torch.Generator | None = None):
-    """:func:`runtime.make_loader` with an explicit sampler."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-        worker_init_fn=worker_init if workers > 0 else None, generator=generator,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-    )
-
-
 def _dummy_inputs(spec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, None]:
     """One all-zero image, for a DDP rank whose whole batch failed to decode (it must still take part)."""
     k = spec.k if spec.need_crops else 0
@@ -274,9 +262,10 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     spec = mcfg.view_spec(cfg.max_pixels)
     train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed)
+    # One explicit, seeded order per epoch; under DDP each rank takes its share of the same order.
+    local_batch = cfg.batch_size // dist.world_size
+    sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
     if dist.enabled:
-        local_batch = cfg.batch_size // dist.world_size
-        sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
         val_shard = list(range(dist.rank, len(val_s), dist.world_size))
         val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
                                  local_batch, cfg.workers, device=device)
@@ -308,12 +297,8 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         train_ds.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        if dist.enabled:
-            sampler.set_epoch(epoch)
-            loader = _shard_loader(train_ds, sampler, local_batch, cfg.workers, device, generator=gen)
-        else:
-            loader = make_loader(train_ds, cfg.batch_size, cfg.workers, shuffle=True, generator=gen, device=device)
+        sampler.set_epoch(epoch)
+        loader = make_loader(train_ds, local_batch, cfg.workers, sampler=sampler, device=device)
         net.train()
         tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main), leave=False,
