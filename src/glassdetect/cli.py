@@ -427,6 +427,29 @@ def cost(
     console.print(f"wrote {out / 'cost.json'} and {out / 'cost.png'}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output directory: bench/, <arch>/seed<N>/, results.json, results.md."),
+    size: str = typer.Option("small", help="Benchmark size: small (the demo budget) or full."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
+    epochs: Optional[int] = typer.Option(None, help="Override the demo's epochs."),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count."),
+    workers: int = typer.Option(1),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=str(out), size=size, seeds=tuple(int(s) for s in seeds.split(",")), workers=workers,
+                     threads=threads, device=device)
+    if epochs is not None:
+        cfg.epochs = epochs
+    if k is not None:
+        cfg.k = k
+    run_demo(cfg)
+
+
 def main() -> None:
     app()
 
