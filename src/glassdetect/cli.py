@@ -450,6 +450,34 @@ def demo(
     run_demo(cfg)
 
 
+@app.command()
+def bench(
+    what: str = typer.Argument("all", help="views, model, predict or all."),
+    quick: bool = typer.Option(False, "--quick", help="Views at 12 and 24 MP, one backbone, fewer images (under 3 minutes)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the raw results as JSON here."),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown tables here."),
+    device: str = typer.Option("auto", help="Model and predict device: auto (CUDA with AMP when present), cpu, cuda ..."),
+    threads: int = typer.Option(0, help="Torch threads for the model (0 = auto); view building always uses one, as a worker."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the generated images go (default: the system temp folder)."),
+) -> None:
+    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak) and predict overlap."""
+    from .bench import run_bench, to_markdown
+
+    try:
+        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir)
+    except ValueError as exc:
+        _fail(str(exc))
+    text = to_markdown(res)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2) + "\n")
+    if md is not None:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text + "\n")
+    print(text)
+    console.print(f"bench finished in {res['elapsed_s']:.0f} s")
+
+
 def main() -> None:
     app()
 

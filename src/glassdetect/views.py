@@ -3,16 +3,38 @@
 Everything here stays uint8 (``HWC`` after decode, ``CHW`` for views); conversion to float and
 normalisation happen inside the model (see :class:`glassdetect.models.common.Preprocess`), on
 whatever device it runs. The user's file is only ever opened for reading.
+
+Fast path (:func:`decode`, used by :func:`build_views`)
+-------------------------------------------------------
+Pillow reads the header (size for the pixel limit, mode, EXIF orientation); a baseline RGB or
+greyscale JPEG is then decoded by simplejpeg (libjpeg-turbo, like Pillow's own decoder, same
+ISLOW IDCT and fancy upsampling, so the pixels are the same) straight into a numpy array,
+without Pillow's 4-byte-per-pixel copy and its ``tobytes`` copy. EXIF orientation becomes a
+zero-copy numpy view; crops are sliced from it. The global view is resized from the stored
+array with torch's uint8 antialiased bicubic/bilinear kernel (Pillow's filter, within one grey
+level) and only the small ``S × S`` result is re-oriented. Everything else (CMYK JPEGs, PNG,
+WebP, 16-bit, palette, a JPEG simplejpeg refuses) takes the Pillow path of :func:`open_image`,
+so conversions and :class:`ImageError` reasons are unchanged. ``GLASSDETECT_DECODER=pillow``
+(or :data:`FAST_DECODE` = False) switches the fast path off. See ``docs/performance.md``.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+try:  # libjpeg-turbo straight to numpy; optional (Pillow fallback)
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a dependency, but keep working without it
+    simplejpeg = None
 
 from .sampling import Box, eval_rng, sample_boxes
 
@@ -28,6 +50,29 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
 }
+
+
+# Decode baseline RGB / greyscale JPEGs with simplejpeg when it is installed.
+FAST_DECODE = simplejpeg is not None and os.environ.get("GLASSDETECT_DECODER", "").lower() != "pillow"
+_FAST_FORMATS = {"JPEG", "MPO"}  # MPO: a camera JPEG with extra frames; both decoders read the first
+_FAST_MODES = {"RGB", "L"}  # CMYK/YCCK JPEGs go to Pillow (Adobe inversion)
+_TORCH_AA = {"bicubic", "bilinear"}  # torch's antialiased uint8 kernels implement Pillow's filters
+_ORIENTATIONS = range(2, 9)
+# build_views decodes into a per-thread scratch buffer that it reuses (nothing it returns points into
+# it): a fresh 36 MB array per 12 MP image costs ~8 ms of page faults, 15 % of the decode itself.
+# Images above this size get a fresh array, so a worker never keeps more than this.
+SCRATCH_MAX_BYTES = 160_000_000
+_scratch = threading.local()
+
+
+def _scratch_buffer(nbytes: int) -> np.ndarray | None:
+    if nbytes > SCRATCH_MAX_BYTES:
+        return None
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < nbytes:
+        _scratch.buf = None  # release the old one first
+        buf = _scratch.buf = np.empty(nbytes, np.uint8)
+    return buf
 
 
 class ImageError(ValueError):
@@ -97,6 +142,28 @@ def content_id(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _pixel_limit(path: str, w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageError(path, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {max_pixels / 1e6:.0f} MP")
+
+
+def _as_image_error(path: str, exc: BaseException) -> ImageError:
+    """The :class:`ImageError` for an exception raised while opening or decoding ``path``."""
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(path, "file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError(path, "is a directory")
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return ImageError(path, "not a recognised image format (empty, corrupt or not an image)")
+    return ImageError(path, f"cannot decode: {exc}")
+
+
+_DECODE_ERRORS = (ImageError, FileNotFoundError, IsADirectoryError, Image.UnidentifiedImageError, OSError, SyntaxError,
+                  ValueError, Image.DecompressionBombError)
+
+
 def open_image(
     source: str | Path | bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -113,29 +180,146 @@ def open_image(
     try:
         with Image.open(fp) as img:
             w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(path, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {max_pixels / 1e6:.0f} MP")
+            _pixel_limit(path, w, h, max_pixels)
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(path, "not a recognised image format (empty, corrupt or not an image)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(path, f"cannot decode: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise _as_image_error(path, exc) from None
 
 
-def resize_global(img: Image.Image, size: int = 224, interpolation: str = "bicubic") -> np.ndarray:
-    """The whole image, antialiased-resized to ``size × size`` (aspect not kept), as CHW uint8."""
-    out = img.resize((size, size), _RESAMPLE[interpolation])
-    return np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (H, W, ...) as displayed for EXIF ``orientation`` (Pillow's ``exif_transpose``), as a view."""
+    if orientation == 2:  # FLIP_LEFT_RIGHT
+        return pixels[:, ::-1]
+    if orientation == 3:  # ROTATE_180
+        return pixels[::-1, ::-1]
+    if orientation == 4:  # FLIP_TOP_BOTTOM
+        return pixels[::-1]
+    t = pixels.swapaxes(0, 1)
+    if orientation == 5:  # TRANSPOSE
+        return t
+    if orientation == 6:  # ROTATE_270 (90° clockwise)
+        return t[:, ::-1]
+    if orientation == 7:  # TRANSVERSE
+        return t[::-1, ::-1]
+    if orientation == 8:  # ROTATE_90 (90° counter-clockwise)
+        return t[::-1]
+    return pixels
+
+
+@dataclass
+class Decoded:
+    """A decoded image: ``stored`` (H, W, 3) uint8 as in the file, shown with EXIF ``orientation``."""
+
+    stored: np.ndarray
+    orientation: int = 1
+    decoder: str = "pillow"  # which decoder produced the pixels: "simplejpeg" or "pillow"
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The EXIF-oriented (H, W, 3) uint8 pixels (a view; no copy)."""
+        return orient(self.stored, self.orientation)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) as displayed."""
+        h, w = self.stored.shape[:2]
+        return (w, h) if self.orientation >= 5 else (h, w)
+
+    def global_view(self, size: int = 224, interpolation: str = "bicubic") -> np.ndarray:
+        """The whole image resized to ``size × size`` (CHW uint8), exactly as :func:`resize_global`
+        of the oriented pixels, without copying the oriented image.
+
+        The stored array is resized and the small result oriented. torch's kernel is separable
+        and rounds to uint8 after the horizontal pass, so for a transposing orientation (5-8) the
+        stored image's vertical pass runs first (the displayed image's horizontal one).
+        """
+        stored = self.stored
+        if interpolation not in _TORCH_AA:  # Pillow-only filters: resize the oriented pixels
+            return resize_global(np.ascontiguousarray(self.pixels), size, interpolation)
+        if self.orientation >= 5:
+            stored = _resize_array(stored, size, interpolation, width=stored.shape[1])
+        out = _resize_array(stored, size, interpolation)  # (S, S, 3)
+        return np.ascontiguousarray(orient(out, self.orientation).transpose(2, 0, 1))
+
+    def to_pil(self) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(self.pixels), "RGB")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation ``exif_transpose`` would apply (1 when none or unusable)."""
+    value = img.getexif().get(0x0112, 1)
+    return value if isinstance(value, int) and value in _ORIENTATIONS else 1
+
+
+def decode(
+    source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None, *, scratch: bool = False
+) -> Decoded:
+    """Decode a file (or its bytes) to :class:`Decoded` pixels, or raise :class:`ImageError`.
+
+    Same pixels, orientation, pixel limit, conversions and errors as :func:`open_image`; baseline
+    RGB/greyscale JPEGs are decoded by simplejpeg when available (see the module docstring).
+    ``scratch``: decode into this thread's reusable buffer — the pixels are overwritten by the
+    thread's next ``scratch`` decode, so only for callers that copy out what they keep.
+    """
+    path = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+    data = source if isinstance(source, bytes) else read_bytes(source)
+    if FAST_DECODE:
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # header only: no pixels decoded
+                w, h = img.size
+                _pixel_limit(path, w, h, max_pixels)
+                fast = img.format in _FAST_FORMATS and img.mode in _FAST_MODES
+                orientation = _orientation(img) if fast else 1
+        except _DECODE_ERRORS as exc:
+            raise _as_image_error(path, exc) from None
+        if fast:
+            try:
+                buf = _scratch_buffer(h * w * 3) if scratch else None
+                stored = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=buf)
+            except (ValueError, OSError, RuntimeError):  # anything simplejpeg refuses: Pillow decides
+                stored = None
+            if stored is not None and stored.shape == (h, w, 3) and stored.dtype == np.uint8:
+                return Decoded(stored, orientation, "simplejpeg")
+    img = open_image(data, max_pixels, name=path)
+    pixels = np.asarray(img)  # backed by Pillow's read-only bytes
+    del img  # release Pillow's 4-byte-per-pixel copy before making ours
+    return Decoded(_writable(pixels), 1, "pillow")
+
+
+def _resize_array(pixels: np.ndarray, size: int, interpolation: str, width: int | None = None) -> np.ndarray:
+    """HWC uint8 -> (size, width or size, 3) uint8, antialiased (Pillow's filter; torch's uint8 kernel)."""
+    width = size if width is None else width
+    if interpolation in _TORCH_AA:
+        if not pixels.flags.writeable or any(st < 0 for st in pixels.strides):  # torch needs both
+            pixels = np.array(pixels, order="C")
+        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels_last view, no copy
+        with torch.inference_mode():
+            out = F.interpolate(x, size=(size, width), mode=interpolation, antialias=True, align_corners=False)
+        return out[0].permute(1, 2, 0).numpy()
+    img = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    return np.asarray(img.resize((width, size), _RESAMPLE[interpolation]))
+
+
+def resize_global(img: Image.Image | np.ndarray, size: int = 224, interpolation: str = "bicubic") -> np.ndarray:
+    """The whole image, antialiased-resized to ``size × size`` (aspect not kept), as CHW uint8.
+
+    ``img``: a Pillow RGB image (Pillow's resize) or an (H, W, 3) uint8 array (torch's uint8
+    antialiased kernel for bicubic/bilinear, which matches Pillow within one grey level).
+    """
+    if isinstance(img, Image.Image):
+        if interpolation not in _TORCH_AA:
+            return np.ascontiguousarray(np.asarray(img.resize((size, size), _RESAMPLE[interpolation])).transpose(2, 0, 1))
+        img = _writable(np.asarray(img))  # the same kernel as for arrays: identical views on every path
+    return np.ascontiguousarray(_resize_array(img, size, interpolation).transpose(2, 0, 1))
+
+
+def _writable(pixels: np.ndarray) -> np.ndarray:
+    """``pixels``, copied when read-only (Pillow's ``np.asarray`` is): torch refuses to wrap read-only memory."""
+    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 def cut_crops(pixels: np.ndarray, boxes: list[Box], patch: int = 224) -> np.ndarray:
@@ -167,12 +351,14 @@ def build_views(
     name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     if rng is None:
         rng = eval_rng(content_id(data), seed, draw)
-    draft = None if spec.need_crops else 2 * spec.global_size
-    img = open_image(data, spec.max_pixels, draft_size=draft, name=name)
-    g = resize_global(img, spec.global_size, spec.interpolation)
-    w, h = img.size
-    if not spec.need_crops:
+    if not spec.need_crops:  # global view only: libjpeg's reduced-scale (draft) decode is enough
+        img = open_image(data, spec.max_pixels, draft_size=2 * spec.global_size, name=name)
+        w, h = img.size
+        g = resize_global(img, spec.global_size, spec.interpolation)
         return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
+    dec = decode(data, spec.max_pixels, name=name, scratch=True)  # crops and global view are copies
+    h, w = dec.size
+    g = dec.global_view(spec.global_size, spec.interpolation)
     boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
-    crops = cut_crops(np.asarray(img), boxes, spec.patch)
+    crops = cut_crops(dec.pixels, boxes, spec.patch)
     return Views(g, crops, boxes, (h, w))
