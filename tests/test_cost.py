@@ -32,13 +32,16 @@ def test_cli_cost_quick_test_resnet(tmp_path):
     for row in [*res["glass"], res["standard"]]:
         assert row["train_step_s"] > 0 and row["infer_s_per_image"] > 0
         assert row["train_peak_mb"] is None or row["train_peak_mb"] >= 0
-    # more crops cost more time and memory, and the baseline (no crops) costs less than K=1
-    g1, g3 = res["glass"]
-    assert g3["train_step_s"] > g1["train_step_s"] and g3["infer_s_per_image"] > g1["infer_s_per_image"]
-    if g1["train_peak_mb"] is not None:  # Linux: RSS sampling
-        assert g3["train_peak_mb"] > g1["train_peak_mb"] > 0
-    assert res["standard"]["train_step_s"] < g1["train_step_s"]
+    # No timing order is asserted (timings belong in benchmarks, not unit tests); the fit must be
+    # the least-squares line through the measured points.
+    import numpy as np
+
+    ks = np.array([row["k"] for row in res["glass"]], float)
+    ys = np.array([row["train_step_s"] for row in res["glass"]], float)
+    slope, intercept = np.polyfit(ks, ys, 1)
     fit = res["fits"]["train_step_s"]
-    assert fit["slope"] > 0 and set(fit) == {"intercept", "slope", "r2"}
+    assert set(fit) == {"intercept", "slope", "r2"}
+    assert fit["slope"] == pytest.approx(slope, rel=1e-6, abs=1e-12)
+    assert fit["intercept"] == pytest.approx(intercept, rel=1e-6, abs=1e-12)
     assert res["glass_parameters"] > res["standard"]["parameters"]
     assert (out / "cost.png").stat().st_size > 5000
