@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ from .data import (
 )
 from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint
+from .models.config import check_fields
 from .models.factory import load_weights, WEIGHTS_NAME
 from .runtime import autocast, configure_threads, infer, make_loader, resolve_device, to_device
 from .views import DEFAULT_MAX_PIXELS
@@ -87,10 +88,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown training options: {sorted(bad)}")
+        check_fields(cls, d, "training options")
         d = dict(d)
         for key in ("class_names", "split_fractions"):
             if key in d:

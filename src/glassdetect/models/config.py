@@ -64,8 +64,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        check_fields(cls, d, "model config keys")
         return cls(**d)
+
+
+def check_fields(cls, d: dict, what: str) -> None:
+    """Refuse keys that are not fields of dataclass ``cls`` (a typo must not pass silently)."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(unknown)}")
