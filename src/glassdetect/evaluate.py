@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .data import Sample, ViewDataset, load_samples, read_split

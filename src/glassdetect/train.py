@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed as ddp
 from .data import (
-    ViewDataset, Sample, assign_splits, check_no_leak, collate, load_samples, read_split, worker_init, write_split,
+    ViewDataset, Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
 )
 from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint

@@ -107,7 +107,7 @@ def _check_entry(name: str, spec: Any) -> Any:
         try:  # YAML 1.1 reads "1e-6" as a string; accept it
             low, high = cast(float(spec["low"])), cast(float(spec["high"]))
             step = None if spec.get("step") is None else cast(float(spec["step"]))
-        except KeyError as exc:
+        except KeyError:
             raise SpaceError(f"search space: {name}: {kind} needs 'low' and 'high'") from None
         except (TypeError, ValueError):
             raise SpaceError(f"search space: {name}: low/high/step must be numbers") from None
