@@ -285,3 +285,21 @@ def test_without_create_kwargs_logits_drift(weights_file, timm_model, batch):
     x, _ = batch
     with torch.no_grad():
         assert (plain(x) - timm_model(x)).abs().max().item() > 0.1
+
+
+def test_converted_file_used_as_plain_weights_file_keeps_architecture(weights_file, timm_model, batch):
+    """`--weights converted.safetensors` rebuilds the architecture and preprocessing the weights
+    need (recorded in the file), so it equals the named offline source."""
+    from glassdetect.models import ModelConfig, create_model
+
+    by_file = ModelConfig(arch="standard", backbone="efficientnet_lite0")
+    model = create_model(by_file, weights=weights_file).eval()
+    assert by_file.backbone_kwargs == {"bn_eps": 1e-3, "pad_type": "same"}
+    assert by_file.mean == pytest.approx((127 / 255,) * 3) and by_file.std == pytest.approx((128 / 255,) * 3)
+    x, _ = batch
+    ref = timm_model.eval()
+    ref_feats = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    with torch.no_grad():
+        assert torch.allclose(model.global_backbone(x), ref_feats, atol=1e-5)
+    with pytest.raises(ValueError, match="not 'resnet50'"):
+        create_model(ModelConfig(arch="standard", backbone="resnet50"), weights=weights_file)

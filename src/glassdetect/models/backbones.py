@@ -108,8 +108,9 @@ def create_backbone(
             path = ensure_offline_weights(source)
             data_cfg = offline_data_config(source)
         else:
-            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
             path = Path(weights)
+            kwargs, data_cfg = _file_provenance(path, name, kwargs)
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         load_backbone_weights(model, read_state_dict(path), str(path))
         origin = weights
     else:
@@ -126,6 +127,35 @@ def create_backbone(
         weights=origin,
         create_kwargs=dict(kwargs),
     )
+
+
+def _file_provenance(path: Path, name: str, kwargs: dict) -> tuple[dict, dict | None]:
+    """Architecture kwargs and data config recorded in a converted ``.safetensors`` file.
+
+    Files written by :func:`glassdetect.models.offline_weights.ensure_offline_weights` carry the
+    timm architecture and the create kwargs their weights need (e.g. TF "same" padding); without
+    them the weights would load but compute something else, so they are applied here.
+    """
+    if path.suffix != ".safetensors" or not path.is_file():
+        return kwargs, None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    if "architecture" not in meta:
+        return kwargs, None
+    if meta["architecture"] != name:
+        raise ValueError(f"{path}: weights are for {meta['architecture']!r}, not {name!r}")
+    import json
+
+    kwargs = {**json.loads(meta.get("create_kwargs", "{}")), **kwargs}
+    data_cfg = None
+    source = meta.get("source", "")
+    from .offline_weights import OFFLINE_WEIGHTS, offline_data_config
+
+    if source in OFFLINE_WEIGHTS:
+        data_cfg = offline_data_config(source)
+    return kwargs, data_cfg
 
 
 def is_convnet(module: nn.Module) -> bool:
