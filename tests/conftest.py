@@ -147,6 +147,18 @@ def tiny_tree(_tiny_tree_template, tmp_path) -> Path:
     return dst
 
 
+def make_checkpoint(directory: Path, seed: int = 0, **cfg) -> Path:
+    """Save a randomly initialised model (GLASS on ``test_resnet`` unless ``cfg`` says otherwise)
+    as a checkpoint directory, for tests of the inference product."""
+    import torch
+
+    from glassdetect.models import ModelConfig, create_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    save_checkpoint(directory, create_model(ModelConfig(**{"arch": "glass", "backbone": "test_resnet", **cfg})))
+    return directory
+
+
 # ------------------------------------------------------------------------------ bad_images_dir
 
 class Expect(NamedTuple):

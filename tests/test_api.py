@@ -9,20 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
+from conftest import make_checkpoint, make_image
 from glassdetect.api import Detector, decide, parse_band
 from glassdetect.data import Sample, ViewDataset
-from glassdetect.models import ModelConfig, create_model, save_checkpoint
 from glassdetect.runtime import infer, make_loader
 from glassdetect.views import ImageError
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("api") / "ckpt"
-    save_checkpoint(d, create_model(ModelConfig(arch="glass", backbone="test_resnet", k=3, patch=96, global_size=96)))
-    return d
+    return make_checkpoint(tmp_path_factory.mktemp("api") / "ckpt", 0, k=3, patch=96, global_size=96)
 
 
 @pytest.fixture(scope="module")

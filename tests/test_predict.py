@@ -7,14 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from conftest import make_image, sha256
+from conftest import make_checkpoint, make_image, sha256
 from glassdetect.api import Detector
 from glassdetect.calibrate import fit_temperature, nll
 from glassdetect.cli import app
-from glassdetect.models import ModelConfig, create_model, save_checkpoint
 from glassdetect.predict import COLUMNS, expand_inputs, predict
 from glassdetect.sampling import grid_size
 from glassdetect.views import cut_crops, open_image
@@ -24,10 +22,7 @@ FAST = ["--workers", "0", "--threads", "1", "--quiet", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(1)
-    d = tmp_path_factory.mktemp("predict") / "ckpt"
-    save_checkpoint(d, create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2, patch=96, global_size=96)))
-    return d
+    return make_checkpoint(tmp_path_factory.mktemp("predict") / "ckpt", 1, k=2, patch=96, global_size=96)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -21,9 +20,8 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import make_image  # noqa: E402
+from conftest import make_checkpoint, make_image  # noqa: E402
 from glassdetect.api import Detector  # noqa: E402
-from glassdetect.models import ModelConfig, create_model, save_checkpoint  # noqa: E402
 from glassdetect.serve import create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,10 +31,7 @@ MAX_PIXELS = 400_000
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(3)
-    d = tmp_path_factory.mktemp("serve") / "ckpt"
-    save_checkpoint(d, create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2, patch=64, global_size=64)))
-    return d
+    return make_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt", 3, k=2, patch=64, global_size=64)
 
 
 @pytest.fixture(scope="module")
