@@ -73,11 +73,32 @@ def test_bench_model_schema():
     assert flops[("test_resnet", 2)] > 2.5 * flops[("test_resnet", 0)]  # three views vs one
 
 
-def test_bench_model_other_layout():
+def test_bench_model_variants():
     res = B.bench_model(("test_convnext",), ks=(0,), batches=(1,), device="cpu", threads=1, other_layout_ks=(0,), budget_s=0.0,
                         peak_sizes=(256,))
     layouts = {(r["layout"], r["auto"]) for r in res["runs"]}
-    assert layouts == {("channels_last", True), ("nchw", False)}
+    assert layouts == {("channels_last", True), ("nchw", False)}  # no BatchNorm to fold; batch 1: no micro-batches
+    res = B.bench_model(("test_resnet",), ks=(2,), batches=(1, 3), device="cpu", threads=1, other_layout_ks=(2,),
+                        budget_s=0.0, peak_sizes=(256,), micro_batch=2, micro_batch_ks=(2,))
+    got = {(r["layout"], r["batch"]) for r in res["runs"]}
+    assert got == {(lay, b) for lay in ("channels_last", "nchw", "channels_last+bn-folded") for b in (1, 3)} | {
+        ("channels_last+micro-batch-2", 3)}
+    assert len(res["peak_measurements"]) == 2 and res["peak_gflops"] == max(p["peak_gflops"] for p in res["peak_measurements"])
+
+
+def test_micro_batched_and_bn_folded_models_compute_the_same():
+    import copy
+
+    plain, _ = B._make_model("test_resnet", 2, torch.device("cpu"))
+    g, c = B._inputs(3, 2, 64, torch.device("cpu"))
+    chunked, folded = copy.deepcopy(plain), copy.deepcopy(plain)
+    chunked.global_backbone = B.MicroBatched(chunked.global_backbone, 2)
+    chunked.local_backbone = B.MicroBatched(chunked.local_backbone, 2)
+    assert B.fold_batchnorm(folded) > 0
+    with torch.inference_mode():
+        want = plain(g, c)[0]
+        assert torch.allclose(chunked(g, c)[0], want, atol=1e-5)
+        assert torch.allclose(folded(g, c)[0], want, atol=1e-4)
 
 
 def test_bench_predict_schema(tmp_path):

@@ -328,10 +328,11 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_peak(device: torch.device, amp: bool, sizes: tuple[int, ...] | None = None, reps: int = 5) -> dict[str, Any]:
-    """GFLOP/s of large square matmuls (2·n³ FLOPs), in the precision the model runs in."""
+    """GFLOP/s of large square matmuls (2·n³ FLOPs), in the precision the model runs in: the best
+    repetition (a peak is a ceiling; model rates are medians, so fractions are conservative)."""
     from .runtime import autocast
 
-    sizes = sizes or ((2048, 3072) if device.type == "cpu" else (8192,))
+    sizes = sizes or ((2048,) if device.type == "cpu" else (8192,))
     res = {}
     for n in sizes:
         a = torch.randn(n, n, device=device)
@@ -345,7 +346,7 @@ def matmul_peak(device: torch.device, amp: bool, sizes: tuple[int, ...] | None =
                 a @ b
                 _sync(device)
                 ts.append(time.perf_counter() - t0)
-        res[str(n)] = 2 * n ** 3 / statistics.median(ts) / 1e9
+        res[str(n)] = 2 * n ** 3 / min(ts) / 1e9
         del a, b
     return {"peak_gflops": max(res.values()), "by_size": res}
 
@@ -375,7 +376,22 @@ def fold_batchnorm(model: torch.nn.Module) -> int:
     return removed
 
 
-def _make_model(backbone: str, k: int, device: torch.device, channels_last: bool | None = None, fold_bn: bool = False):
+class MicroBatched(torch.nn.Module):
+    """Run ``inner`` over micro-batches of ``chunk`` images (eval only: BatchNorm statistics are per batch
+    in training). Not used by the project: measured here to show what it would buy on CPU."""
+
+    def __init__(self, inner: torch.nn.Module, chunk: int = 4):
+        super().__init__()
+        self.inner, self.chunk = inner, chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.chunk:
+            return self.inner(x)
+        return torch.cat([self.inner(part) for part in x.split(self.chunk)])
+
+
+def _make_model(backbone: str, k: int, device: torch.device, channels_last: bool | None = None, fold_bn: bool = False,
+                chunk: int = 0):
     from .models import ModelConfig, create_model
 
     cfg = ModelConfig(arch="standard" if k == 0 else "glass", backbone=backbone, k=max(k, 1))
@@ -386,6 +402,10 @@ def _make_model(backbone: str, k: int, device: torch.device, channels_last: bool
         model.prep.channels_last = channels_last
     if fold_bn and fold_batchnorm(model) == 0:
         return None, auto
+    if chunk:
+        model.global_backbone = MicroBatched(model.global_backbone, chunk)
+        if hasattr(model, "local_backbone"):
+            model.local_backbone = MicroBatched(model.local_backbone, chunk)
     return model.to(device), auto
 
 
@@ -441,6 +461,9 @@ def bench_model(
     other_layout_ks: tuple[int, ...] = (4,),
     budget_s: float = 2.0,
     peak_sizes: tuple[int, ...] | None = None,
+    micro_batch: int = 4,
+    micro_batch_ks: tuple[int, ...] = (4, 10),
+    fold_bn_ks: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Forward time, FLOPs, GFLOP/s and fraction of the matmul peak per (backbone, K, batch, layout)."""
     from .models.backbones import create_backbone, is_convnet
@@ -449,45 +472,63 @@ def bench_model(
     dev = resolve_device(device)
     n_threads = configure_threads(threads) if dev.type == "cpu" else torch.get_num_threads()
     use_amp = amp and dev.type == "cuda"
-    peak = matmul_peak(dev, use_amp, peak_sizes)
-    _log(f"model: {dev}, {n_threads} thread(s), matmul peak {peak['peak_gflops']:.1f} GFLOP/s")
+    # The peak is measured at the start, between (backbone, K) groups and at the end; the best of these is
+    # the reference (a shared virtual machine drifts; the best observed rate is the honest ceiling).
+    peaks = [matmul_peak(dev, use_amp, peak_sizes)]
+    _log(f"model: {dev}, {n_threads} thread(s), matmul peak {peaks[0]['peak_gflops']:.1f} GFLOP/s")
     runs = []
     info: dict[str, Any] = {}
     for name in backbones:
         convnet = is_convnet(create_backbone(name, pretrained=False).module)
         auto_layout = "channels_last" if convnet else "nchw"
         info[name] = {"convnet": convnet, "auto_layout": auto_layout}
-        # (channels_last, fold BN): the automatic layout, the other layout, the automatic one with BN folded
-        variants = [(convnet, False)] + ([(False, False), (True, True)] if convnet else [])
+        # The automatic layout (what the project does), then for convnets what else was measured:
+        # the other layout, BN folded into the convolutions, micro-batches of 4 views per backbone call.
+        variants = [dict(cl=convnet, ks=ks, batches=batches)]
+        if convnet:
+            variants += [dict(cl=False, ks=other_layout_ks, batches=batches),
+                         dict(cl=True, fold=True, ks=other_layout_ks if fold_bn_ks is None else fold_bn_ks, batches=batches),
+                         dict(cl=True, chunk=micro_batch, ks=micro_batch_ks, batches=tuple(b for b in batches if b > 1))
+                         ][: 3 if dev.type != "cpu" else 4]  # micro-batching is a CPU cache effect
         for k in ks:
             flops = None
-            for cl, fold in variants:
-                layout = ("channels_last" if cl else "nchw") + ("+bn-folded" if fold else "")
+            if runs:  # the peak again between groups of configurations: the best of all is the reference
+                peaks.append(matmul_peak(dev, use_amp, peak_sizes, reps=3))
+            for var in variants:
+                cl, fold, chunk = var["cl"], var.get("fold", False), var.get("chunk", 0)
+                layout = ("channels_last" if cl else "nchw") + ("+bn-folded" if fold else "") + (
+                    f"+micro-batch-{chunk}" if chunk else "")
                 is_auto = layout == auto_layout
-                if not is_auto and k not in other_layout_ks:
+                if k not in var["ks"] or not var["batches"] or (chunk and not micro_batch):
                     continue
-                model, _ = _make_model(name, k, dev, cl, fold_bn=fold)
+                model, _ = _make_model(name, k, dev, cl, fold_bn=fold, chunk=chunk)
                 if model is None:  # nothing to fold
                     continue
                 if flops is None:
                     flops = count_flops(model, k, dev)
-                for b in batches:
+                for b in var["batches"]:
                     ts = time_forward(model, b, k, dev, use_amp, budget_s=budget_s)
                     s_img = statistics.median(ts) / b
                     gflops = flops / s_img / 1e9
                     runs.append({
                         "backbone": name, "k": k, "batch": b, "layout": layout, "auto": is_auto,
                         "views_per_image": 1 + k, "s_per_image": s_img, "s_per_view": s_img / (1 + k),
-                        "gflop_per_image": flops / 1e9, "gflops": gflops,
-                        "fraction_of_peak": gflops / peak["peak_gflops"], "times_s": [round(t, 5) for t in ts],
+                        "gflop_per_image": flops / 1e9, "gflops": gflops, "times_s": [round(t, 5) for t in ts],
                     })
+                    best = max(x["peak_gflops"] for x in peaks)
                     _log(f"model {name} K={k} batch {b} {layout}: {s_img * 1e3:.0f} ms/image, {gflops:.1f} GFLOP/s "
-                         f"({gflops / peak['peak_gflops']:.0%} of peak)")
+                         f"({gflops / best:.0%} of the peak so far)")
                 del model
                 gc.collect()
+    peaks.append(matmul_peak(dev, use_amp, peak_sizes))
+    peak = max(x["peak_gflops"] for x in peaks)
+    for r in runs:
+        r["fraction_of_peak"] = r["gflops"] / peak
+    samples = ", ".join(f"{x['peak_gflops']:.1f}" for x in peaks)
+    _log(f"model: matmul peak {peak:.1f} GFLOP/s (measurements: {samples})")
     return {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "threads": n_threads, "amp": use_amp, "peak_gflops": peak["peak_gflops"], "peak_by_size": peak["by_size"],
+        "threads": n_threads, "amp": use_amp, "peak_gflops": peak, "peak_measurements": peaks,
         "backbones": info, "runs": runs,
     }
 
@@ -597,16 +638,22 @@ def evaluate_goals(res: dict[str, Any]) -> dict[str, Any]:
         big = max(r["batch"] for r in model["runs"])  # the batch predict and evaluation use (8)
         fr: dict[str, list[float]] = {}
         every: dict[str, list[float]] = {}
+        micro: dict[str, list[float]] = {}
         for r in model["runs"]:
-            if r["auto"] and r["backbone"] in ("resnet50", "convnext_tiny"):
+            if r["backbone"] not in ("resnet50", "convnext_tiny"):
+                continue
+            if r["auto"]:
                 every.setdefault(r["backbone"], []).append(r["fraction_of_peak"])
                 if r["batch"] == big:
                     fr.setdefault(r["backbone"], []).append(r["fraction_of_peak"])
+            elif "micro-batch" in r["layout"] and r["batch"] == big:
+                micro.setdefault(r["backbone"], []).append(r["fraction_of_peak"])
         if fr:
             worst = min(min(v) for v in fr.values())
             goals["model_fraction_of_peak"] = {
                 "measured": worst, "batch": big, "by_backbone": {b: min(v) for b, v in fr.items()},
-                "worst_any_batch": min(min(v) for v in every.values()), "met": worst >= 0.7}
+                "worst_any_batch": min(min(v) for v in every.values()),
+                "with_micro_batches": {b: min(v) for b, v in micro.items()}, "met": worst >= 0.7}
     pred = res.get("predict")
     if pred:
         goals["predict_overlap_efficiency"] = {"measured": pred["overlap_efficiency"], "met": pred["overlap_efficiency"] >= 0.9}
@@ -721,7 +768,8 @@ def run_bench(
                                        rounds=3 if quick else None)
         if "model" in parts:
             res["model"] = bench_model(("resnet50",) if quick else BACKBONES, ks=(0, 4) if quick else (0, 4, 10),
-                                       device=device, threads=threads, budget_s=1.0 if quick else 2.0)
+                                       device=device, threads=threads, budget_s=1.0 if quick else 2.0,
+                                       fold_bn_ks=() if quick else None)
         if "predict" in parts:
             res["predict"] = bench_predict(tmp, n_images=24 if quick else 48, device=device, threads=threads)
     res["goals"] = evaluate_goals(res)

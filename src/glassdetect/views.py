@@ -8,14 +8,18 @@ Fast path (:func:`decode`, used by :func:`build_views`)
 -------------------------------------------------------
 Pillow reads the header (size for the pixel limit, mode, EXIF orientation); a baseline RGB or
 greyscale JPEG is then decoded by simplejpeg (libjpeg-turbo, like Pillow's own decoder, same
-ISLOW IDCT and fancy upsampling, so the pixels are the same) straight into a numpy array,
-without Pillow's 4-byte-per-pixel copy and its ``tobytes`` copy. EXIF orientation becomes a
-zero-copy numpy view; crops are sliced from it. The global view is resized from the stored
-array with torch's uint8 antialiased bicubic/bilinear kernel (Pillow's filter, within one grey
-level) and only the small ``S × S`` result is re-oriented. Everything else (CMYK JPEGs, PNG,
-WebP, 16-bit, palette, a JPEG simplejpeg refuses) takes the Pillow path of :func:`open_image`,
-so conversions and :class:`ImageError` reasons are unchanged. ``GLASSDETECT_DECODER=pillow``
-(or :data:`FAST_DECODE` = False) switches the fast path off. See ``docs/performance.md``.
+ISLOW IDCT and fancy upsampling, so the pixels are identical) straight into a numpy array —
+for :func:`build_views` a per-thread buffer reused from image to image — without Pillow's
+4-byte-per-pixel image and its ``tobytes`` copy. EXIF orientation becomes a zero-copy numpy
+view; crops are sliced from it. Everything else (CMYK JPEGs, PNG, WebP, 16-bit, palette, a
+JPEG simplejpeg refuses) takes the Pillow path of :func:`open_image`, so conversions and
+:class:`ImageError` reasons are unchanged. ``GLASSDETECT_DECODER=pillow`` (or
+:data:`FAST_DECODE` = False) switches the fast path off.
+
+The global view, on every path, is torch's uint8 antialiased bicubic/bilinear kernel (Pillow's
+filter, within 1–2 grey levels of ``Image.resize``; other filters use Pillow itself); the
+decoded image is never converted to float. For the baseline (no crops) JPEGs are decoded at a
+reduced DCT scale. Measurements: ``docs/performance.md`` (``glassdetect bench``).
 """
 from __future__ import annotations
 
@@ -307,8 +311,9 @@ def _resize_array(pixels: np.ndarray, size: int, interpolation: str, width: int 
 def resize_global(img: Image.Image | np.ndarray, size: int = 224, interpolation: str = "bicubic") -> np.ndarray:
     """The whole image, antialiased-resized to ``size × size`` (aspect not kept), as CHW uint8.
 
-    ``img``: a Pillow RGB image (Pillow's resize) or an (H, W, 3) uint8 array (torch's uint8
-    antialiased kernel for bicubic/bilinear, which matches Pillow within one grey level).
+    ``img``: a Pillow RGB image or an (H, W, 3) uint8 array. Bicubic and bilinear use torch's
+    uint8 antialiased kernel for both (Pillow's filter; within 1–2 grey levels of
+    ``Image.resize``), so every path gives the same view; other filters use ``Image.resize``.
     """
     if isinstance(img, Image.Image):
         if interpolation not in _TORCH_AA:
