@@ -45,20 +45,17 @@ def make_loader(
     dataset: ViewDataset,
     batch_size: int,
     workers: int,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
     device: torch.device | None = None,
     sampler=None,
 ) -> DataLoader:
+    """Batches of views in dataset order (or ``sampler``'s), decoded in ``workers`` processes."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         worker_init_fn=worker_init if workers > 0 else None,
-        generator=generator,
         pin_memory=device is not None and device.type == "cuda",
         prefetch_factor=2 if workers > 0 else None,
     )

@@ -163,13 +163,6 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_loss(model: nn.Module, loader, device: torch.device, amp: bool, smoothing: float) -> dict:
-    """Validation metrics (deterministic crops) plus the mean loss."""
-    preds = infer(model, loader, device, amp)
-    labels = np.array([loader.dataset.samples[i].label for i in preds.index], dtype=int)
-    return _val_metrics(preds.prob_fake, preds.logits, labels, preds.errors, smoothing)
-
-
 def _val_metrics(prob_fake: np.ndarray, logits: np.ndarray, labels: np.ndarray, errors: list, smoothing: float) -> dict:
     m = binary_metrics(prob_fake, labels)
     if len(labels):
@@ -182,10 +175,11 @@ def _val_metrics(prob_fake: np.ndarray, logits: np.ndarray, labels: np.ndarray, 
     return m
 
 
-def evaluate_loss_sharded(model: nn.Module, loader, shard: list[int], val_s: list[Sample], device: torch.device,
-                          amp: bool, smoothing: float) -> dict:
-    """DDP validation: each rank infers its shard (``shard[i]`` is the global index of its i-th
-    image); predictions are gathered and every rank computes the same metrics over the whole set."""
+def evaluate_loss(model: nn.Module, loader, shard: list[int], val_s: list[Sample], device: torch.device,
+                  amp: bool, smoothing: float) -> dict:
+    """Validation metrics (deterministic crops) plus the mean loss. Each rank infers its shard
+    (``shard[i]`` is the global index of its i-th image; a single process holds every image);
+    predictions are gathered and every rank computes the same metrics over the whole set."""
     preds = infer(model, loader, device, amp)
     parts = ddp.all_gather_object(([shard[i] for i in preds.index], preds.logits, preds.errors))
     idx = np.array([i for p in parts for i in p[0]], dtype=np.int64)
@@ -263,12 +257,9 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     # One explicit, seeded order per epoch; under DDP each rank takes its share of the same order.
     local_batch = cfg.batch_size // dist.world_size
     sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
-    if dist.enabled:
-        val_shard = list(range(dist.rank, len(val_s), dist.world_size))
-        val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
-                                 local_batch, cfg.workers, device=device)
-    else:
-        val_loader = make_loader(ViewDataset(val_s, spec, train=False, seed=cfg.seed), cfg.batch_size, cfg.workers, device=device)
+    val_shard = list(range(dist.rank, len(val_s), dist.world_size))
+    val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
+                             local_batch, cfg.workers, device=device)
 
     start, best_acc, history, bad = 0, -math.inf, [], {}
     if cfg.resume and (out / "last" / STATE_NAME).exists():
@@ -345,14 +336,12 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
             optimizer.zero_grad(set_to_none=True)
         lrs = {grp["name"]: grp["lr"] for grp in optimizer.param_groups}
         scheduler.step()
+        val = evaluate_loss(model, val_loader, val_shard, val_s, device, cfg.amp, cfg.label_smoothing)
         if dist.enabled:
-            val = evaluate_loss_sharded(model, val_loader, val_shard, val_s, device, cfg.amp, cfg.label_smoothing)
             tot_loss, tot_correct, tot_n = ddp.all_reduce_sum([tot_loss, tot_correct, tot_n])
             tot_correct, tot_n = int(round(tot_correct)), int(round(tot_n))
             for part in ddp.all_gather_object(bad):
                 bad.update(part)
-        else:
-            val = evaluate_loss(model, val_loader, device, cfg.amp, cfg.label_smoothing)
         for path, reason in val.pop("errors"):
             bad[path] = reason
         rec = {
