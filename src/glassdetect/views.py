@@ -354,8 +354,6 @@ def build_views(
     """
     data = source if isinstance(source, bytes) else read_bytes(source)
     name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-    if rng is None:
-        rng = eval_rng(content_id(data), seed, draw)
     if not spec.need_crops:  # global view only: libjpeg's reduced-scale (draft) decode is enough
         img = open_image(data, spec.max_pixels, draft_size=2 * spec.global_size, name=name)
         w, h = img.size
@@ -364,6 +362,8 @@ def build_views(
     dec = decode(data, spec.max_pixels, name=name, scratch=True)  # crops and global view are copies
     h, w = dec.size
     g = dec.global_view(spec.global_size, spec.interpolation)
+    if rng is None:  # the content hash is only needed where there are crops to place
+        rng = eval_rng(content_id(data), seed, draw)
     boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
     crops = cut_crops(dec.pixels, boxes, spec.patch)
     return Views(g, crops, boxes, (h, w))
