@@ -79,7 +79,7 @@ def _train_once(tc: TrainConfig) -> dict:
     return train(tc)
 
 
-def _eval_once(ckpt: Path, data: Path, out: Path, cfg: DemoConfig, seed: int) -> dict:
+def _eval_once(ckpt: Path, data: Path, out: Path, cfg: DemoConfig) -> dict:
     if out.exists() and json.loads(out.read_text()).get("checkpoint") == str(ckpt):
         return json.loads(out.read_text())
     return evaluate(ckpt, data, split="test", out=out, workers=cfg.workers, device=cfg.device, threads=cfg.threads,
@@ -111,7 +111,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             train_s[arch].append(sum(h["seconds"] for h in summary["history"]))
             ckpt = Path(tc.out) / "best"
             for name, data in (("clean", manifest), ("jpeg75", jpeg_manifest)):
-                res = _eval_once(ckpt, data, Path(tc.out) / f"eval_{name}.json", cfg, seed)
+                res = _eval_once(ckpt, data, Path(tc.out) / f"eval_{name}.json", cfg)
                 res["seed"] = seed
                 res["best_epoch"] = json.loads((ckpt / "config.json").read_text())["epoch"]
                 per_run[arch][name].append(res)
