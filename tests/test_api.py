@@ -133,6 +133,79 @@ def test_save_pretrained_round_trip(det, ckpt, photo, tmp_path):
     assert det.threshold == 0.5 and det.unsure_band is None
 
 
+def test_save_pretrained_never_touches_the_models_config(ckpt, tmp_path, monkeypatch):
+    import glassdetect.api as api
+
+    det2 = Detector.from_pretrained(ckpt, "cpu", threshold=0.3, unsure_band="0.2,0.25")
+    before = det2.model.cfg.to_dict()
+    seen = []
+    real = api.save_checkpoint
+
+    def spy(directory, model, *args, **kwargs):  # the model's config while the checkpoint is written
+        seen.append(model.cfg.to_dict())
+        return real(directory, model, *args, **kwargs)
+
+    monkeypatch.setattr(api, "save_checkpoint", spy)
+    det2.save_pretrained(tmp_path / "hf")
+    assert seen == [before] and det2.model.cfg.to_dict() == before
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model"]["threshold"] == 0.3
+
+
+GLOBAL_STATE_SCRIPT = r"""
+import os, sys
+from PIL import Image
+import torch
+
+torch.set_num_threads(3)  # the caller's own choice
+env, guard = os.environ.get("OMP_WAIT_POLICY"), Image.MAX_IMAGE_PIXELS
+import glassdetect
+import glassdetect.cli, glassdetect.runtime, glassdetect.predict, glassdetect.evaluate
+from glassdetect import Detector
+from glassdetect.evaluate import evaluate
+from glassdetect.predict import predict
+
+ckpt, photo, tree = sys.argv[1:4]
+assert os.environ.get("OMP_WAIT_POLICY") == env, "importing glassdetect changed OMP_WAIT_POLICY"
+det = Detector.from_pretrained(ckpt, "cpu")
+det.predict(photo)
+det.predict_batch([photo, photo])
+assert torch.get_num_threads() == 3, ("Detector", torch.get_num_threads())
+for row in predict(ckpt, [photo, photo], threads=1, workers=0):
+    assert not row.error and torch.get_num_threads() == 3, ("while a row is held", torch.get_num_threads())
+assert torch.get_num_threads() == 3, ("predict", torch.get_num_threads())
+evaluate(ckpt, tree, split="all", workers=0, device="cpu", threads=1, progress=False)
+assert torch.get_num_threads() == 3, ("evaluate", torch.get_num_threads())
+assert Image.MAX_IMAGE_PIXELS == guard and guard is not None, (guard, Image.MAX_IMAGE_PIXELS)
+assert os.environ.get("OMP_WAIT_POLICY") == env
+print("unchanged")
+"""
+
+
+def test_library_calls_leave_the_hosts_global_state_alone(ckpt, photo, tmp_path):
+    """Importing glassdetect and predicting / evaluating as a library leaves Pillow's guard, the
+    caller's torch thread count and OMP_WAIT_POLICY as they were (only the CLI entry point sets it)."""
+    import os
+
+    for label, i in (("real", 0), ("fake", 1)):
+        make_image(tmp_path / "tree" / label / f"img{i}.png", 80, 90, seed=i)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", GLOBAL_STATE_SCRIPT, str(ckpt), str(photo), str(tmp_path / "tree")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0 and "unchanged" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_cli_entry_point_sets_the_omp_default():
+    """The `glassdetect` command owns its process: cli.main (not an import) defaults OMP_WAIT_POLICY."""
+    import os
+
+    code = ("import os, sys; import glassdetect.cli as c; assert 'OMP_WAIT_POLICY' not in os.environ\n"
+            "sys.argv = ['glassdetect', '--help']\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n"
+            "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and "policy PASSIVE" in out.stdout, out.stderr[-3000:]
+
+
 def test_bad_inputs_raise_clear_errors(det, tmp_path):
     with pytest.raises(ImageError, match="not a recognised image"):
         det.predict(b"definitely not an image")

@@ -70,8 +70,8 @@ def test_standard_baseline_shapes():
 def test_any_timm_backbone_and_layout(backbone):
     cfg = ModelConfig(arch="glass", backbone=backbone, k=2)
     model = create_model(cfg).eval()
-    assert cfg.channels_last is (backbone != "test_vit")  # attention models stay NCHW
-    assert cfg.num_features == model.global_backbone.num_features
+    assert model.cfg.channels_last is (backbone != "test_vit")  # attention models stay NCHW
+    assert model.cfg.num_features == model.global_backbone.num_features
     g, c = _views(1, 2)
     with torch.inference_mode():
         assert model(g, c)[0].shape == (1, 2)
@@ -79,11 +79,18 @@ def test_any_timm_backbone_and_layout(backbone):
 
 def test_normalisation_comes_from_backbone_config():
     cfg = ModelConfig(arch="glass", backbone="test_resnet", k=1)
-    create_model(cfg)
-    assert cfg.mean == (0.5, 0.5, 0.5) and cfg.interpolation == "bilinear"  # timm's test_resnet cfg
+    filled = create_model(cfg).cfg
+    assert filled.mean == (0.5, 0.5, 0.5) and filled.interpolation == "bilinear"  # timm's test_resnet cfg
     cfg2 = ModelConfig(arch="glass", backbone="test_efficientnet", k=1)
-    create_model(cfg2)
-    assert cfg2.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert create_model(cfg2).cfg.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_create_model_leaves_the_callers_config_alone():
+    cfg = ModelConfig(arch="glass", backbone="test_resnet", k=1, backbone_kwargs={})
+    before, kwargs = cfg.to_dict(), cfg.backbone_kwargs
+    model = create_model(cfg)
+    assert cfg.to_dict() == before and cfg.backbone_kwargs is kwargs and kwargs == {}
+    assert model.cfg is not cfg and model.cfg.num_features > 0 and model.cfg.interpolation == "bilinear"
 
 
 @pytest.mark.parametrize("arch,shared", [("glass", False), ("glass", True), ("standard", False)])

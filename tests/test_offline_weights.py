@@ -294,8 +294,8 @@ def test_converted_file_used_as_plain_weights_file_keeps_architecture(weights_fi
 
     by_file = ModelConfig(arch="standard", backbone="efficientnet_lite0")
     model = create_model(by_file, weights=weights_file).eval()
-    assert by_file.backbone_kwargs == {"bn_eps": 1e-3, "pad_type": "same"}
-    assert by_file.mean == pytest.approx((127 / 255,) * 3) and by_file.std == pytest.approx((128 / 255,) * 3)
+    assert model.cfg.backbone_kwargs == {"bn_eps": 1e-3, "pad_type": "same"}
+    assert model.cfg.mean == pytest.approx((127 / 255,) * 3) and model.cfg.std == pytest.approx((128 / 255,) * 3)
     x, _ = batch
     ref = timm_model.eval()
     ref_feats = ref.forward_head(ref.forward_features(x), pre_logits=True)

@@ -131,6 +131,31 @@ def test_busy_server_answers_503(det, jpeg):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
+def test_create_app_leaves_the_callers_detector_alone(ckpt):
+    from glassdetect.limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
+
+    mine = Detector.from_pretrained(ckpt, "cpu")
+    before = dict(vars(mine))
+    app = create_app(mine, max_pixels=1234)
+    assert vars(mine) == before and mine.max_pixels == DEFAULT_MAX_PIXELS
+    assert app.state.detector is not mine and app.state.detector.max_pixels == 1234
+    assert app.state.detector.model is mine.model  # a copy of the settings, the same loaded model
+    assert create_app(mine).state.detector.max_pixels == SERVE_MAX_PIXELS
+
+
+def test_the_services_pixel_limit_not_pillows_guard(client, jpeg, monkeypatch):
+    """A host process's own (here tiny) setting for Pillow's decompression-bomb guard neither refuses
+    an upload the service allows nor answers first for one it refuses; the setting stays as it was."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 240×320 = 76,800 px: over twice that
+    ok = post_file(client, jpeg.read_bytes(), "photo.jpg")
+    assert ok.status_code == 200 and ok.json()["image_size"] == [240, 320], ok.text
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 600), (10, 20, 30)).save(buf, "PNG")
+    px = post_file(client, buf.getvalue(), "big.png")
+    assert px.status_code == 422 and px.json()["error"] == "too_many_pixels"
+    assert Image.MAX_IMAGE_PIXELS == 10_000
+
+
 # ------------------------------------------------------------------------------ live server
 
 def _free_port() -> int:

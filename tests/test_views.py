@@ -215,6 +215,66 @@ def test_pixel_limit(tmp_path):
         build_views(path, ViewSpec(max_pixels=1_099_999))
 
 
+# The host process's own setting for Pillow's decompression-bomb guard, made tiny so that every test
+# image is over it (a warning above 10 000 pixels, an error above 20 000).
+HOST_LIMIT = 10_000
+GUARD_FORMATS = ("jpg", "png", "tif", "webp", "gif")  # JPEG/PNG: Image.open's check; TIFF/GIF: load; WebP: open
+
+
+@pytest.fixture
+def host_guard(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", HOST_LIMIT)
+
+
+def test_importing_views_leaves_pillows_guard_on():
+    import subprocess
+    import sys
+
+    code = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import glassdetect.views, glassdetect.api; "
+            "assert before is not None and Image.MAX_IMAGE_PIXELS == before, (before, Image.MAX_IMAGE_PIXELS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("fmt", GUARD_FORMATS)
+def test_our_limit_not_pillows_decides(tmp_path, host_guard, fmt):
+    """Our per-call limit applies on every path, with our message, whatever the host set for Pillow's
+    guard; that setting is untouched and still protects the host's own Image.open."""
+    import warnings
+
+    path = tmp_path / f"x.{fmt}"
+    Image.fromarray(np.full((150, 200, 3), 128, np.uint8)).save(path)  # 30 000 px: over 2 × HOST_LIMIT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        assert open_image(path, max_pixels=1_000_000).size == (200, 150)
+        assert open_image(path.read_bytes(), max_pixels=1_000_000, draft_size=64).size[0] >= 64
+        assert build_views(path, ViewSpec(k=1, patch=32, global_size=32, max_pixels=1_000_000)).size == (150, 200)
+        from glassdetect.views import decode
+
+        assert decode(path, max_pixels=1_000_000).size == (150, 200)
+        for under in (29_999, 5_000):  # over our limit: our check and message, above or below Pillow's
+            with pytest.raises(ImageError, match=r"200×150 = 0\.0 MP exceeds the pixel limit"):
+                open_image(path, max_pixels=under)
+            with pytest.raises(ImageError, match="exceeds the pixel limit"):
+                build_views(path, ViewSpec(k=1, patch=32, global_size=32, max_pixels=under))
+    assert Image.MAX_IMAGE_PIXELS == HOST_LIMIT
+    with pytest.raises(Image.DecompressionBombError), Image.open(path) as im:
+        im.load()
+
+
+def test_lifting_pillows_guard_is_per_decode_and_thread_safe(tmp_path, host_guard):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i, fmt in enumerate(("tif", "gif", "png")):
+        paths.append(tmp_path / f"x{i}.{fmt}")
+        Image.fromarray(np.full((150 + i, 200, 3), 40 * i, np.uint8)).save(paths[-1])
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda p: open_image(p, max_pixels=1_000_000).size, paths * 8))
+    assert sizes == [(200, 150 + i) for i in range(3)] * 8
+    assert Image.MAX_IMAGE_PIXELS == HOST_LIMIT
+
+
 def test_dataset_and_collate_report_bad_files_and_never_touch_them(bad_images_dir):
     d, expected = bad_images_dir
     names = sorted(expected)

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .limits import DEFAULT_MAX_PIXELS
 from .models import load_checkpoint, save_checkpoint
 from .models.factory import CONFIG_NAME, WEIGHTS_NAME
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, torch_threads
 from .sampling import MODES, eval_rng, sample_boxes
 from .views import (
-    DEFAULT_MAX_PIXELS, ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes,
-    resize_global,
+    ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes, resize_global,
 )
 
 CROP_SCORE_DEFINITION = (
@@ -343,13 +343,8 @@ class Detector:
         calibration notes in the loaded config are kept.
         """
         keep = {k: v for k, v in self.meta.items() if k not in ("model", "format", "glassdetect")}
-        cfg = self.model.cfg
-        before = (cfg.threshold, cfg.unsure_band)
-        cfg.threshold, cfg.unsure_band = self.threshold, self.unsure_band
-        try:
-            return save_checkpoint(directory, self.model, extra=keep)
-        finally:
-            cfg.threshold, cfg.unsure_band = before
+        cfg = replace(self.model.cfg, threshold=self.threshold, unsure_band=self.unsure_band)  # the model's stays as is
+        return save_checkpoint(directory, self.model, extra=keep, config=cfg)
 
     # -- configuration
 
@@ -388,9 +383,10 @@ class Detector:
         Raises :class:`~glassdetect.views.ImageError` (a ``ValueError``) when the image cannot be used.
         ``explain=True`` keeps a thumbnail so ``result.evidence_map()`` can draw the crops.
         """
-        item = prepare(image, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0, name)
-        item["index"] = 0
-        return self.run_batch(collate_prepared([item]))[0][1]
+        with torch_threads(None):  # the caller's torch thread count is the caller's
+            item = prepare(image, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0, name)
+            item["index"] = 0
+            return self.run_batch(collate_prepared([item]))[0][1]
 
     def predict_batch(self, images: Iterable[Any], *, batch_size: int = 8, explain: bool = False,
                       draws: int | None = None, mode: str | None = None, thumbnail: int = 768) -> list[Detection]:
@@ -398,9 +394,10 @@ class Detector:
         images = list(images)
         ds = PreparedDataset(images, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0)
         out: list[Detection] = []
-        for start in range(0, len(images), batch_size):
-            items = [ds[i] for i in range(start, min(start + batch_size, len(images)))]
-            out += [d for _, d in self.run_batch(collate_prepared(items))]
+        with torch_threads(None):
+            for start in range(0, len(images), batch_size):
+                items = [ds[i] for i in range(start, min(start + batch_size, len(images)))]
+                out += [d for _, d in self.run_batch(collate_prepared(items))]
         return out
 
     @torch.inference_mode()
@@ -432,7 +429,8 @@ class Detector:
         for index, (name, reason) in batch["errors"]:
             out.append((index, Detection(None, "error", draws=0, spread=None, source=name, error=reason)))
         if batch["good"]:
-            prob, attn, scores = self.forward_rows(batch)
+            with torch_threads(None):
+                prob, attn, scores = self.forward_rows(batch)
             row_item = batch["row_item"].numpy()
             patch = self.cfg.patch
             for j, it in enumerate(batch["good"]):

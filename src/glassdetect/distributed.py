@@ -116,11 +116,6 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return t.cpu().tolist()
 
 
-def all_reduce_mean(values: Sequence[float]) -> list[float]:
-    w = info().world_size if is_initialized() else 1
-    return [v / w for v in all_reduce_sum(values)]
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
     if not (is_initialized() and dist.get_world_size() > 1):
@@ -128,15 +123,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not (is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def shuffled_order(n: int, seed: int) -> list[int]:
@@ -154,10 +140,9 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     :class:`torch.utils.data.DistributedSampler` does. Call :meth:`set_epoch` each epoch.
     """
 
-    def __init__(self, n: int, rank: int, world_size: int, seed_for_epoch, shuffle: bool = True):
+    def __init__(self, n: int, rank: int, world_size: int, seed_for_epoch):
         self.n, self.rank, self.world_size = n, rank, world_size
         self.seed_for_epoch = seed_for_epoch
-        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -167,7 +152,7 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         return -(-self.n // self.world_size)
 
     def __iter__(self):
-        order = shuffled_order(self.n, self.seed_for_epoch(self.epoch)) if self.shuffle else list(range(self.n))
+        order = shuffled_order(self.n, self.seed_for_epoch(self.epoch))
         total = len(self) * self.world_size
         if order and total > len(order):
             order += (order * (total // len(order) + 1))[: total - len(order)]

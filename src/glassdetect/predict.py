@@ -108,15 +108,17 @@ def predict(
     ``threshold`` / ``unsure`` ("lo,hi" or None to switch off): override the checkpoint's decision rule.
     ``explain_dir``: write an evidence map (PNG + JSON) per image there.
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
+    ``threads``: torch's intra-op threads while a batch is decoded and scored (0: auto); the
+    caller's count is back in force whenever a row is handed over, and after the last one.
     """
     import torch
     from tqdm import tqdm
 
     from .api import Detector, PreparedDataset, collate_prepared
     from .data import worker_init
-    from .runtime import configure_threads
+    from .runtime import resolve_threads, torch_threads
 
-    configure_threads(threads)
+    threads = resolve_threads(threads)
     if isinstance(checkpoint, Detector):
         det = copy.copy(checkpoint)  # overrides below must not change the caller's detector
         det.set_decision(threshold, unsure)
@@ -141,8 +143,14 @@ def predict(
     bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr, disable=None if progress is None else not progress,
                leave=False)
     try:
-        for batch in loader:
-            for index, d in det.run_batch(batch):
+        batches = iter(loader)
+        while True:
+            with torch_threads(threads):  # our thread count for our work only, not while the caller holds a row
+                batch = next(batches, None)
+                done = [] if batch is None else det.run_batch(batch)
+            if batch is None:
+                break
+            for index, d in done:
                 path = str(paths[index])
                 if d.error:
                     yield PredictionRow(path, None, "error", 0, d.error, d.draws, None)

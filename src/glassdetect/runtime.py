@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -19,17 +21,57 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def configure_threads(threads: int = 0) -> int:
-    """Set torch's intra-op threads deliberately (0: one per physical core, capped at 8).
-
-    OpenMP spin-waiting makes oversubscribed threads catastrophically slow when another
-    process holds a core, so we also default ``OMP_WAIT_POLICY=PASSIVE`` for child processes.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def resolve_threads(threads: int = 0) -> int:
+    """The intra-op thread count for ``threads`` (0: one per physical core, capped at 8)."""
     if threads <= 0:
         threads = max(1, min(8, (os.cpu_count() or 2) // 2))
+    return int(threads)
+
+
+def configure_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads deliberately (0: one per physical core, capped at 8), for the rest
+    of the process: for the command line and the service, which own their process. Library calls
+    that take a ``threads`` option run under :func:`torch_threads` (or :func:`restores_threads`),
+    so their caller gets its own count back.
+
+    The environment is not touched here: the ``glassdetect`` command (``cli.main``) defaults
+    ``OMP_WAIT_POLICY=PASSIVE`` before torch starts (OpenMP spin-waiting makes oversubscribed
+    threads catastrophically slow when another process holds a core).
+    """
+    threads = resolve_threads(threads)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[int]:
+    """Run a block with torch's intra-op thread count set to ``threads`` (as :func:`configure_threads`:
+    0 = auto; None: left as it is), then give the caller's ``torch.get_num_threads()`` back,
+    whatever the block changed. Yields the count in force."""
+    before = torch.get_num_threads()
+    n = before if threads is None else resolve_threads(threads)
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def restores_threads(fn: _F) -> _F:
+    """Decorator for library entry points that call :func:`configure_threads`: the caller's torch
+    thread count is restored when ``fn`` returns or raises (:func:`torch_threads`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch_threads(None):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -14,6 +14,7 @@ runs in worker threads (at most ``concurrency`` at a time) so the event loop kee
 """
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -30,12 +31,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api import Detector
-from .views import ImageError
+from .limits import SERVE_MAX_PIXELS
+from .views import ImageError, identify
 
 log = logging.getLogger("glassdetect.serve")
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
+# The pixel limit of uploads defaults to SERVE_MAX_PIXELS (glassdetect.limits): a service setting,
+# smaller than the library's DEFAULT_MAX_PIXELS because anyone may upload.
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and small fields on top of the file itself
 TRUE = {"1", "true", "yes", "on"}
 
@@ -97,9 +100,13 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 
 
 def sniff(data: bytes) -> tuple[str, tuple[int, int]] | None:
-    """(format, (width, height)) from the image header, or None when the bytes are not an image."""
+    """(format, (width, height)) from the image header, or None when the bytes are not an image.
+
+    The header only, without Pillow's process-wide decompression-bomb guard: the caller applies the
+    service's own pixel limit to the size (422 with its own message).
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with identify(io.BytesIO(data)) as img:
             return str(img.format), img.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
@@ -111,14 +118,18 @@ def create_app(
     detector: Detector | str | Path,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVE_MAX_PIXELS,
     concurrency: int = 2,
     max_waiting: int = 64,
     explain_size: int = 640,
     device: str = "auto",
 ) -> FastAPI:
-    """The FastAPI app around one shared :class:`Detector` (loaded here when given a path)."""
-    det = detector if isinstance(detector, Detector) else Detector.from_pretrained(detector, device)
+    """The FastAPI app around one shared :class:`Detector` (loaded here when given a path).
+
+    A detector passed in is left as it is: the app uses a copy (sharing the model) with the service's
+    pixel limit.
+    """
+    det = copy.copy(detector) if isinstance(detector, Detector) else Detector.from_pretrained(detector, device)
     det.max_pixels = int(max_pixels)
     cfg = det.cfg
     limiter = anyio.CapacityLimiter(max(1, int(concurrency)))
@@ -226,7 +237,7 @@ def serve(
     threads: int = 0,
     concurrency: int = 2,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVE_MAX_PIXELS,
     threshold: float | None = None,
     unsure: Any = False,
     draws: int = 1,

@@ -23,30 +23,30 @@ reduced DCT scale. Measurements: ``docs/performance.md`` (``glassdetect bench``)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 try:  # libjpeg-turbo straight to numpy; optional (Pillow fallback)
     import simplejpeg
 except ImportError:  # pragma: no cover - simplejpeg is a dependency, but keep working without it
     simplejpeg = None
 
-from .sampling import Box, eval_rng, sample_boxes
+from .degrade import Degradation
+from .limits import DEFAULT_MAX_PIXELS
+from .sampling import Box, eval_degrade_rng, eval_rng, sample_boxes
 
-# We enforce our own, configurable pixel limit in :func:`decode` (with a clear message); Pillow's
-# global guard would otherwise fire first with a warning or a different limit.
-Image.MAX_IMAGE_PIXELS = None
-
-DEFAULT_MAX_PIXELS = 200_000_000
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -168,6 +168,96 @@ _DECODE_ERRORS = (ImageError, FileNotFoundError, IsADirectoryError, Image.Uniden
                   ValueError, Image.DecompressionBombError)
 
 
+# ------------------------------------------------------------------ our pixel limit, Pillow's guard
+#
+# Our limit (``max_pixels``) is checked per call on the header, before any pixel is decoded. Pillow's
+# decompression-bomb guard is one process-wide setting (``Image.MAX_IMAGE_PIXELS``, 89.5 MP by
+# default: a warning above it, an error above twice it) that belongs to the host process; we never
+# change it for good. :func:`identify` opens images without it, so it can neither refuse first with
+# its own limit and message nor warn about an image our limit allows. Pillow has no per-call way to
+# pass a limit to the checks some plugins make themselves (TIFF, GIF, ICO ... while loading; WebP
+# while opening), so for those formats only, and only for an image over Pillow's own limit that ours
+# allows, :func:`_guard_lifted` switches the guard off for the duration of that decode (reference
+# counted under a lock, so concurrent decodes in threads are safe) and puts the host's value back.
+
+# Formats whose Pillow plugins never check the guard while loading pixels (only Image.open does).
+_LOAD_UNGUARDED = frozenset({"JPEG", "MPO", "PNG", "BMP", "PPM"})
+_guard_lock = threading.Lock()
+_guard_holders = 0
+_guard_saved: int | None = None
+
+
+def _pillow_limit() -> int | None:
+    """Pillow's own limit as the host process set it (also while a decode has lifted it)."""
+    with _guard_lock:
+        return _guard_saved if _guard_holders else Image.MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def _guard_lifted() -> Iterator[None]:
+    """Pillow's decompression-bomb guard off for the block, then back to the host's value."""
+    global _guard_holders, _guard_saved
+    with _guard_lock:
+        if _guard_holders == 0:
+            _guard_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _guard_holders += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_holders -= 1
+            if _guard_holders == 0:
+                Image.MAX_IMAGE_PIXELS, _guard_saved = _guard_saved, None
+
+
+def _decode_context(img: Image.Image) -> contextlib.AbstractContextManager:
+    """Where ``img``'s pixels may be decoded: as is, unless its plugin checks Pillow's guard while
+    loading and the image is over Pillow's limit (ours, already checked, allowed it)."""
+    limit = _pillow_limit()
+    w, h = img.size
+    if limit is None or img.format in _LOAD_UNGUARDED or max(1, w) * max(1, h) <= limit:
+        return contextlib.nullcontext()
+    return _guard_lifted()
+
+
+def identify(fp: IO[bytes], filename: str = "") -> ImageFile.ImageFile:
+    """``Image.open(fp)`` (lazy: the header only) without Pillow's decompression-bomb check.
+
+    For callers that check their own pixel limit on ``img.size`` right after, as every decoder
+    here does. Pillow's own loop over its registered formats (``Image.ID`` / ``Image.OPEN``), so
+    the same plugin opens the same file; raises ``UnidentifiedImageError`` like ``Image.open``.
+    ``fp`` stays the caller's to close.
+    """
+    fp.seek(0)
+    prefix = fp.read(16)
+    tried: set[str] = set()
+    for load in (Image.preinit, Image.init):
+        load()
+        for fmt in list(Image.ID):
+            if fmt in tried:
+                continue
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            try:
+                ok = not accept or accept(prefix)
+                if not ok or isinstance(ok, str):  # a string: "maybe, but unsupported" (Image.open warns)
+                    continue
+                fp.seek(0)
+                return factory(fp, filename)
+            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format (as Image.open)
+                continue
+            except Image.DecompressionBombError:  # a plugin's own check while opening (WebP over 2× the limit)
+                fp.seek(0)
+                with _guard_lifted():
+                    return factory(fp, filename)
+    raise Image.UnidentifiedImageError(f"cannot identify image file {filename or fp!r}")
+
+
+def _source_file(source: str | Path | bytes) -> contextlib.AbstractContextManager[IO[bytes]]:
+    return contextlib.nullcontext(io.BytesIO(source)) if isinstance(source, bytes) else open(source, "rb")
+
+
 def open_image(
     source: str | Path | bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -180,16 +270,17 @@ def open_image(
     at least this large (used when only the global view is needed).
     """
     path = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-    fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    filename = "" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(fp) as img:
+        with _source_file(source) as fp, identify(fp, filename) as img:
             w, h = img.size
-            _pixel_limit(path, w, h, max_pixels)
+            _pixel_limit(path, w, h, max_pixels)  # ours, before any pixel is decoded
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            with _decode_context(img):
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
     except _DECODE_ERRORS as exc:
         raise _as_image_error(path, exc) from None
 
@@ -273,7 +364,7 @@ def decode(
     data = source if isinstance(source, bytes) else read_bytes(source)
     if FAST_DECODE:
         try:
-            with Image.open(io.BytesIO(data)) as img:  # header only: no pixels decoded
+            with identify(io.BytesIO(data)) as img:  # header only: no pixels decoded
                 w, h = img.size
                 _pixel_limit(path, w, h, max_pixels)
                 fast = img.format in _FAST_FORMATS and img.mode in _FAST_MODES
@@ -346,14 +437,26 @@ def build_views(
     seed: int = 0,
     draw: int = 0,
     name: str | None = None,
+    degrade: Degradation | None = None,
+    degrade_rng: np.random.Generator | None = None,
 ) -> Views:
     """Decode once and build the global view plus the crops ``spec`` asks for.
 
     Without ``rng`` the crops are a function of the image's content, ``seed`` and ``draw``:
     the same image always gets the same crops, whatever its file name.
+
+    ``degrade`` (:mod:`glassdetect.degrade`): applied to the whole decoded, EXIF-upright image
+    before any view is built — the global view, the crop boxes (and ``Views.size``) all come from
+    the degraded image. Its randomness comes from ``degrade_rng``, or else from the image's
+    content, the degradation's name and ``draw`` (:func:`~glassdetect.sampling.eval_degrade_rng`).
+    Such images always take the full decode (no reduced-scale JPEG decode for the baseline), so
+    GLASS and the baseline see the same degraded pixels. Without it (or with an identity) the
+    views are exactly those of the undegraded path.
     """
     data = source if isinstance(source, bytes) else read_bytes(source)
     name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+    if degrade is not None and not degrade.is_identity:
+        return _degraded_views(data, spec, rng, seed, draw, name, degrade, degrade_rng)
     if not spec.need_crops:  # global view only: libjpeg's reduced-scale (draft) decode is enough
         img = open_image(data, spec.max_pixels, draft_size=2 * spec.global_size, name=name)
         w, h = img.size
@@ -366,4 +469,27 @@ def build_views(
         rng = eval_rng(content_id(data), seed, draw)
     boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
     crops = cut_crops(dec.pixels, boxes, spec.patch)
+    return Views(g, crops, boxes, (h, w))
+
+
+def _degraded_views(data: bytes, spec: ViewSpec, rng: np.random.Generator | None, seed: int, draw: int, name: str,
+                    degrade: Degradation, degrade_rng: np.random.Generator | None) -> Views:
+    """:func:`build_views` of the image after ``degrade``."""
+    dec = decode(data, spec.max_pixels, name=name, scratch=True)  # the degradation returns new arrays or a view
+    cid = None
+    if degrade_rng is None:
+        cid = content_id(data)
+        degrade_rng = eval_degrade_rng(cid, degrade.name, draw)
+    try:
+        pixels = degrade(dec.pixels, degrade_rng)  # (H', W', 3) uint8, upright
+    except (ValueError, OSError) as exc:  # e.g. WebP's 16383-px limit: a bad item, not a crashed run
+        raise ImageError(name, f"cannot apply degradation {degrade.name}: {exc}") from None
+    h, w = pixels.shape[:2]
+    g = resize_global(pixels, spec.global_size, spec.interpolation)
+    if not spec.need_crops:
+        return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
+    if rng is None:
+        rng = eval_rng(cid or content_id(data), seed, draw)
+    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
+    crops = cut_crops(pixels, boxes, spec.patch)
     return Views(g, crops, boxes, (h, w))

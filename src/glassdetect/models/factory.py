@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +34,13 @@ FORMAT_VERSION = 1
 
 
 def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-    """Build GLASS or the baseline for ``cfg``; fills the config's data fields from the backbone."""
+    """Build GLASS or the baseline for ``cfg``.
+
+    The model's own config (``model.cfg``) is a copy of ``cfg`` with the data fields (features,
+    normalisation, interpolation, layout, weight provenance, backbone kwargs) filled from the
+    backbone; the caller's ``cfg`` is left as it is.
+    """
+    cfg = replace(cfg, backbone_kwargs=dict(cfg.backbone_kwargs))
     first = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **cfg.backbone_kwargs)
     cfg.num_features = first.num_features
     cfg.mean, cfg.std, cfg.interpolation = first.mean, first.std, first.interpolation
@@ -54,11 +61,11 @@ def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path
 
 def _rebuild(cfg: ModelConfig) -> nn.Module:
     """The architecture of a saved model, with random weights, keeping the saved data config."""
-    saved = ModelConfig.from_dict(cfg.to_dict())
     model = create_model(cfg, pretrained=False)
+    built = model.cfg
     for name in ("mean", "std", "interpolation", "channels_last", "weights", "num_features"):
-        setattr(cfg, name, getattr(saved, name))
-    model.prep.__init__(cfg.mean, cfg.std, cfg.channels_last)  # saved normalisation wins
+        setattr(built, name, getattr(cfg, name))
+    model.prep.__init__(built.mean, built.std, built.channels_last)  # saved normalisation wins
     return model
 
 
@@ -67,18 +74,22 @@ def save_checkpoint(
     model: nn.Module,
     extra: dict[str, Any] | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    config: ModelConfig | None = None,
 ) -> Path:
     """Write ``model`` (weights + config) to ``directory`` atomically (temp dir, then rename).
 
     ``write_extra(tmp_dir)`` may add files (e.g. trainer state) before the directory appears.
+    ``config``: save this config instead of ``model.cfg`` (same architecture; e.g. another decision
+    rule), leaving the model's own config as it is.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        tensors, _ = _dedup_state(_unwrap(model))
+        tensors = _dedup_state(_unwrap(model))
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        meta = {"format": FORMAT_VERSION, "glassdetect": __version__, "model": _unwrap(model).cfg.to_dict()}
+        cfg = config if config is not None else _unwrap(model).cfg
+        meta = {"format": FORMAT_VERSION, "glassdetect": __version__, "model": cfg.to_dict()}
         meta.update(extra or {})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
         if write_extra is not None:
@@ -124,25 +135,23 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     return model.to(map_location), meta
 
 
-def _dedup_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+def _dedup_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with each storage once (a shared backbone appears under two names), contiguous."""
     out: dict[str, torch.Tensor] = {}
-    aliases: set[str] = set()
-    seen: dict[tuple, str] = {}
+    seen: set[tuple] = set()
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
         if t.numel() and key in seen:
-            aliases.add(name)
             continue
-        seen[key] = name
+        seen.add(key)
         out[name] = t.detach().contiguous()
-    return out, aliases
+    return out
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Strictly load a safetensors file written by :func:`save_checkpoint` into ``model``."""
     tensors = load_file(str(path))
-    expected, aliases = _dedup_state(model)
+    expected = _dedup_state(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -448,10 +448,3 @@ def ensure_offline_weights(source: str, cache: Path | None = None) -> Path:
     _atomic_write_bytes(json_path, (json.dumps(sidecar, indent=2) + "\n").encode())
     _atomic_write_bytes(st_path, save(tensors, metadata=meta))
     return st_path
-
-
-def load_offline_state_dict(source: str, cache: Path | None = None) -> dict[str, Tensor]:
-    """The converted (timm-named, full-model) state dict of ``source``, creating the cache if needed."""
-    from safetensors.torch import load_file
-
-    return load_file(str(ensure_offline_weights(source, cache)))
