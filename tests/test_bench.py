@@ -31,8 +31,14 @@ def test_pipelines_agree_on_views(tmp_path):
     # the naive pipeline computes the same views in float: crops exactly, the global view within rounding
     assert torch.equal((crops * 255).round().to(torch.uint8), torch.from_numpy(ours.crops))
     assert (g * 255 - torch.from_numpy(ours.global_view).float()).abs().max() <= 2.5
-    assert B.decode_only(path).shape == (600, 800, 3) if B.V.simplejpeg is not None else True
     assert B.ours_views(path, spec).boxes == build_views(path, spec).boxes
+
+
+@pytest.mark.skipif(B.V.simplejpeg is None, reason="simplejpeg is not installed (the decode floor is then Pillow's)")
+def test_decode_only_floor_is_simplejpeg(tmp_path):
+    path = B.write_image(tmp_path / "x.jpg", B.photo_like(600, 800, seed=3))
+    pixels = B.decode_only(path)
+    assert isinstance(pixels, np.ndarray) and pixels.shape == (600, 800, 3) and pixels.dtype == np.uint8
 
 
 def test_bench_views_schema(tmp_path):
@@ -161,3 +167,16 @@ def test_cli_bench_rejects_unknown_part():
 
     res = CliRunner().invoke(app, ["bench", "nonsense"])
     assert res.exit_code == 2 and "unknown bench part" in res.output
+
+
+def test_bench_views_times_the_augmentation_presets(tmp_path):
+    res = B.bench_views(tmp_path, sizes=("1MP",), png=True, rounds=1, memory=False, augment_draws=2,
+                        size_override={"1MP": (96, 64), "12MP-png": (40, 30)})
+    r = res["1MP"]
+    assert r["augment_standard_s"] > 0 and r["augment_strong_s"] > 0 and r["augment_draws"] == 2
+    assert "augment_draws" not in res["12MP-png"]  # JPEGs only
+    md = B.to_markdown({"views": res})
+    assert "## Training augmentation" in md and "| standard ms | strong ms | ours ms |" in md
+    assert "augment_draws" not in B.bench_views(tmp_path, sizes=("1MP",), png=False, rounds=1, memory=False, augment=(),
+                                                size_override={"1MP": (48, 32)})["1MP"]
+    assert set(B.bench_augment(B.photo_like(40, 50), ("none", "jpeg:q=50"), draws=1)) == {"none", "jpeg:q=50"}

@@ -130,21 +130,33 @@ def test_training_skips_bad_images_and_never_touches_user_files(tiny_tree, bad_i
     broken = [n for n, e in expected.items() if not e.ok]
     for i, name in enumerate(broken):  # spread them over both classes
         shutil.copy(bad_dir / name, tiny_tree / ("real" if i % 2 else "fake") / f"broken_{name}")
+    odd = tiny_tree / "fake" / 'say "cheese", twice.png'  # a quote and a comma in the path
+    odd.write_bytes(b"not an image, \"really\"")
     big = tiny_tree / "real" / "huge.png"  # over the (lowered) pixel limit
     from PIL import Image
 
     Image.new("RGB", (900, 900)).save(big)
     before = {p: sha256(p) for p in tiny_tree.rglob("*") if p.is_file()}
 
-    summary = train(TrainConfig(data=str(tiny_tree), out=str(tmp_path / "run"), arch="glass", backbone="test_resnet",
-                                k=2, epochs=1, batch_size=4, max_pixels=700 * 700, split_fractions=(0.5, 0.5, 0.0),
-                                **FAST))
+    torch.set_num_threads(2)  # the caller's count; the run uses threads=1 and gives it back
+    try:
+        summary = train(TrainConfig(data=str(tiny_tree), out=str(tmp_path / "run"), arch="glass",
+                                    backbone="test_resnet", k=2, epochs=1, batch_size=4, max_pixels=700 * 700,
+                                    split_fractions=(0.5, 0.5, 0.0), **FAST))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     after = {p: sha256(p) for p in tiny_tree.rglob("*") if p.is_file()}
     assert before == after  # nothing modified, nothing added inside the data
     reported = (tmp_path / "run" / "bad_images.csv").read_text()
+    with open(tmp_path / "run" / "bad_images.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "reason"] and all(len(r) == 2 for r in rows)
+    reasons = dict(rows[1:])
     # Every bad file lands in train or val (no test split here), so every one is reported.
-    assert summary["bad_images"] == len(broken) + 1
+    assert summary["bad_images"] == len(broken) + 2 == len(reasons)
     for name in broken:
         assert f"broken_{name}" in reported
     assert "huge.png" in reported and "pixel limit" in reported
+    assert "not a recognised image format" in reasons[str(odd)]
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()

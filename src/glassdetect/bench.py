@@ -11,7 +11,10 @@ Three parts, each a function returning plain JSON-ready dicts:
       torchvision's ``ToTensor`` does (``.float().div(255)``), an antialiased bicubic resize of
       that float tensor, crops cut from it;
     * ``decode``: the floor — read the file and decode it fully with the fastest decoder
-      available (simplejpeg for JPEG when installed, else Pillow; Pillow for PNG).
+      available (simplejpeg for JPEG when installed, else Pillow; Pillow for PNG);
+    * ``augment_<preset>`` (JPEGs): what ``train --augment standard`` / ``strong`` adds per image —
+      :mod:`glassdetect.degrade` on the decoded pixels, mean over a fixed set of seeded draws
+      (:func:`bench_augment`).
 
     Times are medians over interleaved rounds with one torch thread, as in a DataLoader worker.
     Peak memory is measured honestly in a fresh subprocess per (pipeline, image): after the
@@ -58,6 +61,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 
 from . import views as V
+from .degrade import parse as parse_degradation
 from .sampling import eval_rng, sample_boxes
 
 PARTS = ("views", "model", "predict")
@@ -66,6 +70,7 @@ JPEG_SIZES = {"1MP": (1152, 864), "4MP": (2304, 1728), "12MP": (4000, 3000), "24
 PNG_SIZE = ("12MP-png", (4000, 3000))
 BACKBONES = ("resnet50", "convnext_tiny", "vit_base_patch16_224")
 GOAL_SIZES = ("12MP", "24MP")
+AUGMENT_BENCH = ("standard", "strong")  # training augmentation presets timed by bench_views
 
 GOALS = {
     "views_speedup_vs_naive": ">= 6x faster than naive at 12-24 MP",
@@ -255,6 +260,21 @@ def _median_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, l
     return times
 
 
+def bench_augment(pixels: np.ndarray, presets: tuple[str, ...] = AUGMENT_BENCH, draws: int = 8) -> dict[str, float]:
+    """Mean seconds per image of each augmentation preset (or spec) on decoded ``pixels``, over the
+    seeded draws 0 .. ``draws - 1`` (each draw decides which steps apply and their strengths, so
+    the mean is the expected cost a training worker pays on top of building the views)."""
+    out: dict[str, float] = {}
+    for preset in presets:
+        d = parse_degradation(preset)
+        d(pixels[:64, :64], np.random.default_rng(0))  # warm-up (lazy imports, codecs)
+        t0 = time.perf_counter()
+        for seed in range(draws):
+            d(pixels, np.random.default_rng(seed))
+        out[preset] = (time.perf_counter() - t0) / max(draws, 1)
+    return out
+
+
 def bench_views(
     workdir: str | Path,
     sizes: tuple[str, ...] = tuple(JPEG_SIZES),
@@ -262,10 +282,13 @@ def bench_views(
     rounds: int | None = None,
     memory: bool = True,
     size_override: dict[str, tuple[int, int]] | None = None,
+    augment: tuple[str, ...] = AUGMENT_BENCH,
+    augment_draws: int = 8,
 ) -> dict[str, Any]:
     """Per-image time and peak memory of ours / naive / decode-only for each image size.
 
-    ``size_override``: name -> (width, height), e.g. for tests with tiny images.
+    ``size_override``: name -> (width, height), e.g. for tests with tiny images. ``augment``:
+    augmentation presets timed on each JPEG (:func:`bench_augment`; ``()`` skips them).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -313,6 +336,10 @@ def bench_views(
             if memory:
                 row["memory_ratio_vs_naive"] = row["ours_mb"] / row["naive_mb"] if row["naive_mb"] > 0 else None
             row["times_s"] = {p: [round(t, 5) for t in v] for p, v in times.items()}
+            if suffix == ".jpg" and augment:
+                aug = bench_augment(V.decode(path).pixels, augment, augment_draws)
+                row.update({f"augment_{k}_s": v for k, v in aug.items()}, augment_draws=augment_draws)
+                _log(f"views {name}: augmentation " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in aug.items()))
             out[name] = row
             _log(f"views {name}: ours {row['ours_s'] * 1e3:.0f} ms, naive {row['naive_s'] * 1e3:.0f} ms, "
                  f"decode {row['decode_s'] * 1e3:.0f} ms" + (f"; peak ours {row['ours_mb']:.0f} MB, naive {row['naive_mb']:.0f} MB" if memory else ""))
@@ -396,7 +423,7 @@ def _make_model(backbone: str, k: int, device: torch.device, channels_last: bool
 
     cfg = ModelConfig(arch="standard" if k == 0 else "glass", backbone=backbone, k=max(k, 1))
     model = create_model(cfg, pretrained=False).eval()
-    auto = bool(cfg.channels_last)
+    auto = bool(model.cfg.channels_last)  # filled from the backbone (the caller's cfg is left as is)
     if channels_last is not None and channels_last != auto:
         model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         model.prep.channels_last = channels_last
@@ -698,6 +725,17 @@ def to_markdown(res: dict[str, Any]) -> str:
         method = next((r.get("memory_method") for r in views.values() if r.get("memory_method")), None)
         lines += ["", "Times: medians of interleaved rounds (ours, naive, decode, ... in turn)."
                   + (f" Peak memory: a fresh subprocess per measurement, {method}, after a warm-up call." if method else ""), ""]
+        aug = [k[len("augment_"):-2] for k in next((r for r in views.values() if "augment_draws" in r), {})
+               if k.startswith("augment_") and k.endswith("_s")]
+        if aug:
+            draws = next(r["augment_draws"] for r in views.values() if "augment_draws" in r)
+            lines += [f"## Training augmentation: time per image on top of the views (one thread; mean of {draws} "
+                      "seeded draws)", "", "| image | " + " | ".join(f"{a} ms" for a in aug) + " | ours ms |",
+                      "|---|" + "---:|" * (len(aug) + 1)]
+            for name, r in views.items():
+                if "augment_draws" in r:
+                    lines.append(f"| {name} | " + " | ".join(ms(r, f"augment_{a}_s") for a in aug) + f" | {ms(r, 'ours_s')} |")
+            lines.append("")
     model = res.get("model")
     if model:
         lines += [f"## Model forward ({model['device']}, {model['threads']} thread(s), AMP {model['amp']}; "

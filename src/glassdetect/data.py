@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sampling import train_rng
+from .degrade import Degradation, parse as parse_degradation
+from .sampling import train_degrade_rng, train_rng
 from .views import ImageError, ViewSpec, build_views
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
@@ -181,15 +182,23 @@ class ViewDataset(Dataset):
     them from the image's content (plus seed and draw), so the same image always gets the same crops.
 
     A bad image yields ``{"error": ...}`` instead of raising; :func:`collate` drops and reports it.
+
+    ``degrade`` (a :class:`~glassdetect.degrade.Degradation` or a spec/preset string) is applied to
+    each whole image before its views are built: in training with a generator of (seed, epoch,
+    index) independent of the crops' (:func:`~glassdetect.sampling.train_degrade_rng`), in
+    evaluation with one of the image's content, the degradation and the draw.
     """
 
-    def __init__(self, samples: Sequence[Sample], spec: ViewSpec, train: bool = False, seed: int = 0, draw: int = 0):
+    def __init__(self, samples: Sequence[Sample], spec: ViewSpec, train: bool = False, seed: int = 0, draw: int = 0,
+                 degrade: Degradation | str | None = None):
         self.samples = list(samples)
         self.spec = spec
         self.train = train
         self.seed = seed
         self.draw = draw
         self.epoch = 0
+        deg = parse_degradation(degrade)
+        self.degrade: Degradation | None = None if deg.is_identity else deg
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -201,8 +210,10 @@ class ViewDataset(Dataset):
         s = self.samples[index]
         # Training: fresh crops per (seed, epoch, index). Evaluation: crops from the image's content.
         rng = train_rng(self.seed, self.epoch, index) if self.train else None
+        deg_rng = train_degrade_rng(self.seed, self.epoch, index) if self.train and self.degrade is not None else None
         try:
-            v = build_views(s.path, self.spec, rng, seed=self.seed, draw=self.draw)
+            v = build_views(s.path, self.spec, rng, seed=self.seed, draw=self.draw, degrade=self.degrade,
+                            degrade_rng=deg_rng)
         except ImageError as exc:
             return {"index": index, "error": (exc.path, exc.reason)}
         return {

@@ -2,7 +2,9 @@
 
 Crops are deterministic (a function of each image's content), so two evaluations of the same
 checkpoint on the same data give the same numbers. ``draws > 1`` averages the fake probability
-over several stratified draws per image and reports their spread.
+over several stratified draws per image and reports their spread. ``degrade`` (a
+:mod:`glassdetect.degrade` spec) evaluates on degraded copies of the images — a function of each
+image's content, the degradation and the draw, so this too is deterministic.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Sample, ViewDataset, load_samples, read_split
+from .degrade import parse as parse_degradation
 from .metrics import binary_metrics, bootstrap_auc, per_generator, reliability_plot
 from .models import load_checkpoint
-from .runtime import configure_threads, infer, make_loader, resolve_device
+from .runtime import configure_threads, infer, make_loader, resolve_device, restores_threads
 
 
 def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> tuple[list[Sample], str]:
@@ -43,6 +46,7 @@ def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> 
     return chosen, split
 
 
+@restores_threads  # ``threads`` applies to this call; the caller's torch thread count comes back
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
@@ -56,7 +60,12 @@ def evaluate(
     seed: int = 0,
     bootstrap: int = 0,
     progress: bool = True,
+    degrade: str | None = None,
 ) -> dict:
+    try:  # before loading anything: a bad spec fails fast
+        deg = parse_degradation(degrade)
+    except ValueError as exc:
+        raise ValueError(f"degrade {degrade!r}: {exc}") from None
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     configure_threads(threads)
@@ -68,7 +77,7 @@ def evaluate(
     runs = []
     bar = tqdm(total=len(samples) * draws, desc="evaluate", unit="img", disable=not progress, leave=False)
     for d in range(draws):
-        ds = ViewDataset(samples, cfg.view_spec(), train=False, seed=seed, draw=d)
+        ds = ViewDataset(samples, cfg.view_spec(), train=False, seed=seed, draw=d, degrade=deg)
         runs.append(infer(model, make_loader(ds, batch_size, workers, device=dev), dev, progress=bar.update))
     bar.close()
     seconds = time.perf_counter() - t0
@@ -80,7 +89,7 @@ def evaluate(
     gens = [samples[i].generator for i in idx]
     result = binary_metrics(prob, labels, cfg.threshold)
     result.update(
-        split=split, draws=draws, mean_spread=float(spread.mean()) if len(spread) else None,
+        split=split, degrade=deg.name, draws=draws, mean_spread=float(spread.mean()) if len(spread) else None,
         max_spread=float(spread.max()) if len(spread) else None, seed=seed,
         checkpoint=str(checkpoint), data=str(data), arch=cfg.arch, backbone=cfg.backbone, k=cfg.k,
         errors=[{"path": p, "reason": r} for p, r in runs[0].errors],

@@ -126,3 +126,16 @@ def eval_rng(identity: str, seed: int = 0, draw: int = 0) -> np.random.Generator
 def train_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """Generator for training: fresh each epoch, identical for a resumed run."""
     return np.random.default_rng([seed, epoch, index, 0x61A55])
+
+
+def train_degrade_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Generator for a training image's degradation (augmentation): a function of (seed, epoch,
+    index) like :func:`train_rng` but an independent stream, so adding an augmentation leaves the
+    crop draws unchanged and a resumed run degrades exactly as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch, index, 0xDE6])
+
+
+def eval_degrade_rng(identity: str, degradation: str, draw: int = 0) -> np.random.Generator:
+    """Generator for an evaluation degradation: a function of (image content, the degradation's
+    canonical name, draw), so the same image always gets the same degraded pixels."""
+    return np.random.default_rng([stable_hash(identity), stable_hash(degradation), draw, 0xDE6])

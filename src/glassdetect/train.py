@@ -15,6 +15,7 @@ processes, and only rank 0 writes files. A run started with N processes resumes 
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as ddp
+from .degrade import parse as parse_degradation
 from .data import (
     ViewDataset, Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
 )
@@ -35,8 +37,8 @@ from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint
 from .models.config import check_fields
 from .models.factory import load_weights, WEIGHTS_NAME
-from .runtime import autocast, configure_threads, infer, make_loader, resolve_device, to_device
-from .views import DEFAULT_MAX_PIXELS
+from .runtime import autocast, configure_threads, infer, make_loader, resolve_device, to_device, torch_threads
+from .limits import DEFAULT_MAX_PIXELS
 
 STATE_NAME = "trainer_state.pt"
 
@@ -72,6 +74,7 @@ class TrainConfig:
     class_names: tuple[str, ...] = ("real", "fake")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    augment: str = "none"  # degradations of training images before their views (glassdetect.degrade spec or preset)
     # runtime
     seed: int = 0
     workers: int = 2
@@ -211,7 +214,8 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
     device = ddp.resolve_device(cfg.device, env.local_rank) if env.enabled else resolve_device(cfg.device)
     owns_group = ddp.init(device)
     try:
-        return _train(cfg, on_epoch_end, device)
+        with torch_threads(None):  # cfg.threads applies to this run; the caller's thread count comes back
+            return _train(cfg, on_epoch_end, device)
     finally:
         if owns_group:
             ddp.cleanup()
@@ -220,6 +224,10 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
 def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, device: torch.device) -> dict:
     dist = ddp.info() if ddp.is_initialized() else ddp.DistInfo()
     main = dist.is_main
+    try:  # a bad spec fails before anything is written
+        augment = parse_degradation(cfg.augment)
+    except ValueError as exc:
+        raise ValueError(f"augment {cfg.augment!r}: {exc}") from None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     configure_threads(cfg.threads)
@@ -230,8 +238,8 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     if not train_s or not val_s:
         raise ValueError(f"{cfg.data}: need images in both the train and val splits (got {len(train_s)}, {len(val_s)})")
 
-    mcfg = cfg.model_config()
-    model = create_model(mcfg, pretrained=cfg.pretrained, weights=cfg.weights)
+    model = create_model(cfg.model_config(), pretrained=cfg.pretrained, weights=cfg.weights)
+    mcfg = model.cfg  # filled from the backbone (normalisation, interpolation ...)
     frozen = freeze_leading(model.global_backbone, cfg.freeze)
     if getattr(model, "local_backbone", model.global_backbone) is not model.global_backbone:
         frozen += freeze_leading(model.local_backbone, cfg.freeze)
@@ -253,7 +261,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     spec = mcfg.view_spec(cfg.max_pixels)
-    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed)
+    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed, degrade=augment)  # validation stays clean
     # One explicit, seeded order per epoch; under DDP each rank takes its share of the same order.
     local_batch = cfg.batch_size // dist.world_size
     sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
@@ -384,14 +392,13 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
             on_epoch_end(epoch, rec)
 
     if bad and main:
-        with open(out / "bad_images.csv", "w") as fh:
-            fh.write("path,reason\n")
-            for p, r in sorted(bad.items()):
-                fh.write(f"\"{p}\",\"{r}\"\n")
+        with open(out / "bad_images.csv", "w", newline="", encoding="utf-8") as fh:
+            fh.write("path,reason\n")  # rows quoted as before; the csv module escapes quotes, commas, newlines
+            csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(sorted(bad.items()))
     summary = {
         "out": str(out), "best_val_accuracy": best_acc, "epochs": cfg.epochs, "history": history,
         "n_train": len(train_s), "n_val": len(val_s), "n_test": sum(s.split == "test" for s in samples),
-        "bad_images": len(bad), "seed": cfg.seed, "device": str(device),
+        "bad_images": len(bad), "seed": cfg.seed, "device": str(device), "augment": augment.name,
     }
     if dist.enabled:
         summary["world_size"] = dist.world_size
