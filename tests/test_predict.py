@@ -13,6 +13,7 @@ from conftest import make_checkpoint, make_image, sha256
 from glassdetect.api import Detector
 from glassdetect.calibrate import fit_temperature, nll
 from glassdetect.cli import app
+from glassdetect.evaluate import evaluate
 from glassdetect.predict import COLUMNS, expand_inputs, predict
 from glassdetect.sampling import grid_size
 from glassdetect.views import cut_crops, open_image
@@ -189,3 +190,32 @@ def test_fit_temperature_recovers_a_known_scale():
     t = fit_temperature(logits, labels)
     assert t == pytest.approx(3.0, rel=0.1)
     assert nll(logits, labels, t) < nll(logits, labels, 1.0)
+
+
+def test_threshold_for_fpr_calls_at_most_the_target_share_of_reals_fake():
+    from glassdetect.calibrate import threshold_for_fpr
+
+    r = np.array([0.1, 0.9, 0.3, 0.7, 0.5, 0.2, 0.8, 0.4, 0.6, 0.05])
+    for f, allowed in ((0.0, 0), (0.1, 1), (0.25, 2), (0.99, 9)):
+        t = threshold_for_fpr(r, f)
+        assert (r >= t).sum() == allowed  # exactly the budget: the lowest such threshold
+    assert threshold_for_fpr(r, 0.0) > 0.9 and threshold_for_fpr(np.array([0.3]), 0.0) > 0.3
+    with pytest.raises(ValueError):
+        threshold_for_fpr(np.array([]), 0.1)
+
+
+def test_calibrate_target_fpr_sets_the_threshold_from_reals(ckpt_copy, tiny_tree):
+    r = CliRunner().invoke(app, ["calibrate", str(ckpt_copy), "--data", str(tiny_tree), "--split", "all",
+                                 "--target-fpr", "0.25", *FAST])
+    assert r.exit_code == 0, r.output
+    assert "false-positive rate" in r.stdout
+    meta = json.loads((ckpt_copy / "config.json").read_text())
+    cal = meta["calibration"]
+    assert cal["target_fpr"] == 0.25 and cal["n_real"] == 12 and cal["fpr"] <= 0.25
+    t = meta["model"]["threshold"]
+    # the stored rule reproduces the reached false-positive rate on the same reals
+    res = evaluate(ckpt_copy, tiny_tree, split="all", workers=0, device="cpu", threads=1, progress=False)
+    assert res["real_accuracy"] == pytest.approx(1 - cal["fpr"]) and 0.0 < t <= 1.0
+    both = CliRunner().invoke(app, ["calibrate", str(ckpt_copy), "--data", str(tiny_tree), "--split", "all",
+                                    "--target-fpr", "0.1", "--threshold", "0.5", *FAST])
+    assert both.exit_code == 2 and "not both" in both.output

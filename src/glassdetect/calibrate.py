@@ -79,6 +79,22 @@ def update_checkpoint_config(checkpoint: str | Path, model_changes: dict[str, An
     return meta
 
 
+def threshold_for_fpr(prob_real: np.ndarray, target_fpr: float) -> float:
+    """A threshold (decision: fake when the probability is at or above it) that calls at most
+    ``floor(target_fpr * n)`` of these real images fake: halfway between the highest real
+    probability it must let through and the next higher one (or 1), so that the rounding of
+    another path's float32 probabilities cannot move an image across it."""
+    r = np.sort(np.asarray(prob_real, dtype=np.float64))[::-1]
+    if not len(r):
+        raise ValueError("no real images to set a threshold on")
+    allowed = int(np.floor(target_fpr * len(r) + 1e-9))
+    if allowed >= len(r):
+        return 0.0
+    above = r[:allowed][r[:allowed] > r[allowed]]
+    upper = float(above.min()) if len(above) else 1.0
+    return float((r[allowed] + upper) / 2)
+
+
 def calibrate(
     checkpoint: str | Path,
     data: str | Path | None = None,
@@ -92,11 +108,15 @@ def calibrate(
     seed: int = 0,
     progress: bool = True,
     dry_run: bool = False,
+    target_fpr: float | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature on ``data`` (its ``split``) and/or set the decision rule; update the checkpoint.
 
     ``unsure``: ``"lo,hi"`` to set a band, None to remove it, False to leave it as it is.
-    Returns a report: n, temperature before/after, NLL and ECE before/after.
+    ``target_fpr``: choose the threshold from the *real* images of ``data`` so that at most this
+    fraction of them is called fake (with the fitted temperature); exclusive with ``threshold``.
+    Returns a report: n, temperature before/after, NLL and ECE before/after (and the threshold's
+    false-positive rate on ``data`` with ``target_fpr``).
     """
     from .api import parse_band
     from .models import ModelConfig, read_config
@@ -106,6 +126,13 @@ def calibrate(
     cfg = ModelConfig.from_dict(meta["model"])
     changes: dict[str, Any] = {}
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "temperature_before": cfg.temperature}
+    if target_fpr is not None:
+        if threshold is not None:
+            raise ValueError("give either a threshold or a target false-positive rate, not both")
+        if data is None:
+            raise ValueError("a target false-positive rate needs --data with real images to set the threshold on")
+        if not 0.0 <= target_fpr < 1.0:
+            raise ValueError(f"target false-positive rate must be in [0, 1), got {target_fpr}")
     if threshold is not None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -116,6 +143,11 @@ def calibrate(
     extra: dict[str, Any] = {}
     if data is not None:
         fit = _fit_on_data(checkpoint, data, split, batch_size, workers, device, threads, seed, progress)
+        prob_real = fit.pop("prob_real")
+        if target_fpr is not None:
+            changes["threshold"] = threshold_for_fpr(prob_real, target_fpr)
+            fit.update(target_fpr=target_fpr, n_real=int(len(prob_real)),
+                       fpr=float((prob_real >= changes["threshold"]).mean()) if len(prob_real) else None)
         changes["temperature"] = fit["temperature_after"]
         report.update(fit)
         extra["calibration"] = {k: v for k, v in fit.items() if k != "temperature_before"}
@@ -137,17 +169,17 @@ def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, thr
     from .evaluate import select_split
     from .metrics import expected_calibration_error
     from .models import load_checkpoint
-    from .runtime import configure_threads, infer, make_loader, resolve_device
+    from .runtime import infer, make_loader, resolve_device, torch_threads
 
     dev = resolve_device(device)
-    configure_threads(threads)
     model, _ = load_checkpoint(checkpoint, dev)
     t_before = float(model.cfg.temperature)
     samples, split = select_split(load_samples(data, model.cfg.class_names), checkpoint, split)
     model.cfg.temperature = 1.0  # raw logits
     bar = tqdm(total=len(samples), desc="calibrate", unit="img", disable=not progress, leave=False)
-    preds = infer(model, make_loader(ViewDataset(samples, model.cfg.view_spec(), seed=seed), batch_size, workers,
-                                     device=dev), dev, progress=bar.update)
+    with torch_threads(threads):  # for this call only: the caller's thread count comes back
+        preds = infer(model, make_loader(ViewDataset(samples, model.cfg.view_spec(), seed=seed), batch_size, workers,
+                                         device=dev), dev, progress=bar.update)
     bar.close()
     labels = np.array([samples[i].label for i in preds.index], dtype=int)
     if len(labels) < 2 or len(set(labels.tolist())) < 2:
@@ -163,6 +195,7 @@ def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, thr
         return e[:, -1] / e.sum(1)
 
     return {
+        "prob_real": prob(t_after)[labels == 0],
         "data": str(data), "split": split, "n": int(len(labels)), "errors": len(preds.errors),
         "temperature_before": t_before, "temperature_after": t_after,
         "nll_before": nll(logits, labels, t_before), "nll_after": nll(logits, labels, t_after),

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
-
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
 
 app = typer.Typer(
     help="Detect AI-generated images without throwing away high-resolution detail (GLASS).",
@@ -55,7 +55,11 @@ def train(
     label_smoothing: float = typer.Option(0.1),
     classes: str = typer.Option("real,fake", help="Class folder names / labels, negative first."),
     split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions for data without splits."),
-    max_pixels: int = typer.Option(200_000_000, help="Refuse images larger than this many pixels."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this many pixels."),
+    augment: str = typer.Option("none", help="Degrade training images before their views: a preset (none; standard = "
+                                "blur σ~U[0,3] p=0.5 + JPEG q~U[30,100] p=0.5, the CNNDetection recipe; strong = standard "
+                                "+ resize, noise, WebP, social) or a spec like 'blur:sigma=0-3,p=0.5+jpeg:q=30-100,p=0.5'. "
+                                "Validation stays clean."),
     seed: int = typer.Option(0),
     workers: int = typer.Option(2, help="DataLoader workers (one thread each)."),
     threads: int = typer.Option(0, help="Torch threads in the main process (0 = auto)."),
@@ -79,7 +83,7 @@ def train(
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing,
         class_names=tuple(c.strip() for c in classes.split(",")),
-        split_fractions=tuple(float(x) for x in split.split(",")), max_pixels=max_pixels, seed=seed,
+        split_fractions=tuple(float(x) for x in split.split(",")), max_pixels=max_pixels, augment=augment, seed=seed,
         workers=workers, threads=threads, device=device, amp=amp, resume=resume, progress=not quiet, sync_bn=sync_bn,
     )
     if config is not None:
@@ -114,16 +118,20 @@ def evaluate(
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0, help="Evaluation crop seed (crops are a function of image content and seed)."),
     bootstrap: int = typer.Option(0, help="Bootstrap resamples over source groups for an AUC 95% interval."),
+    degrade: Optional[str] = typer.Option(None, help="Evaluate on degraded images: a spec such as 'jpeg:q=50', "
+                                          "'blur:sigma=2+jpeg:q=75', 'resize:f=0.5' or 'social' (deterministic per image)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Evaluate a checkpoint: accuracy, AUC, AP, F1, ECE ... as JSON plus a reliability diagram."""
     from .evaluate import evaluate as run_eval
 
     try:
-        res = run_eval(checkpoint, data, split, draws, out, batch_size, workers, device, threads, seed, bootstrap, not quiet)
+        res = run_eval(checkpoint, data, split, draws, out, batch_size, workers, device, threads, seed, bootstrap, not quiet,
+                       degrade=degrade)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']})")
+    degraded = f", degraded: {res['degrade']}" if res.get("degrade", "none") != "none" else ""
+    table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']}{degraded})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
@@ -135,6 +143,32 @@ def evaluate(
         console.print(f"[yellow]{len(res['errors'])} unreadable images skipped[/yellow]")
     if out is not None:
         console.print(f"wrote {out}")
+
+
+@app.command()
+def robustness(
+    checkpoints: list[str] = typer.Argument(..., help="Checkpoints as [NAME=]PATH; PATH may be a run (uses RUN/best) or a quoted glob. Same NAME = seeds of one model (default NAME: the checkpoint's arch)."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv (only read)."),
+    out: Path = typer.Option(..., "--out", help="robustness.json, robustness.md, robustness_<family>.png and cache/ go here."),
+    sweep: str = typer.Option("demo", help="Preset (demo, univfd, sidbench, genimage, social) or ';'-separated specs, e.g. 'jpeg:q=50;blur:sigma=2'."),
+    split: str = typer.Option("test", help="train, val, test or all."),
+    draws: int = typer.Option(1, help="Average the fake probability over N stratified crop draws per image."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """AUC and accuracy of checkpoints under a degradation sweep (JPEG, blur, resize ...), mean ± std over seeds; cached per point."""
+    from .robustness import markdown, robustness as run_robustness
+
+    try:
+        res = run_robustness(checkpoints, data, out, sweep=sweep, split=split, draws=draws, batch_size=batch_size,
+                             workers=workers, device=device, threads=threads, progress=not quiet,
+                             log=None if quiet else (lambda msg: console.print(msg, markup=False, highlight=False)))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    print(markdown(res))
 
 
 @app.command()
@@ -153,16 +187,17 @@ def predict(
     threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0, help="Crop seed (crops are a function of image content, seed and draw)."),
-    max_pixels: int = typer.Option(200_000_000, help="Refuse images larger than this many pixels."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this many pixels."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Score images: one row per input (CSV or JSON Lines). A file that fails gets an error row; exit code 1 if any did."""
     from .predict import FORMATS, RowWriter, predict as run_predict
+    from .sampling import MODES
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}")
-    if mode is not None and mode not in ("stratified", "grid", "random"):
-        _fail("--mode must be stratified, grid or random")
+    if mode is not None and mode not in MODES:
+        _fail(f"--mode must be {', '.join(MODES[:-1])} or {MODES[-1]}")
     if not (checkpoint / "config.json").is_file():
         _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
     if out is not None:
@@ -196,6 +231,7 @@ def calibrate(
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled data (tree, manifest CSV or folder with manifest.csv) to fit the temperature on."),
     split: str = typer.Option("val", help="Which split of --data: val (default), test, train or all."),
     threshold: Optional[float] = typer.Option(None, help="Store this decision threshold."),
+    target_fpr: Optional[float] = typer.Option(None, "--target-fpr", help="Choose the threshold on the real images of --data so that at most this fraction of them is called fake (e.g. 0.01)."),
     unsure: Optional[str] = typer.Option(None, help="Store an 'unsure' band 'lo,hi' ('none' removes it)."),
     batch_size: int = typer.Option(16),
     workers: int = typer.Option(2),
@@ -210,7 +246,7 @@ def calibrate(
 
     try:
         rep = run_calibrate(checkpoint, data, split, threshold, False if unsure is None else unsure, batch_size,
-                            workers, device, threads, seed, not quiet, dry_run)
+                            workers, device, threads, seed, not quiet, dry_run, target_fpr)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     table = Table(title=f"calibration of {checkpoint}" + (f" on {rep['split']} (n={rep['n']})" if "n" in rep else ""))
@@ -222,6 +258,8 @@ def calibrate(
         table.add_row("NLL", f"{rep['nll_before']:.4f}", f"{rep['nll_after']:.4f}")
         table.add_row("ECE", f"{rep['ece_before']:.4f}", f"{rep['ece_after']:.4f}")
     table.add_row("threshold", "", f"{rep['threshold']}")
+    if rep.get("target_fpr") is not None:
+        table.add_row(f"false-positive rate on {rep['n_real']} reals", f"target {rep['target_fpr']}", f"{rep['fpr']:.4f}")
     table.add_row("unsure band", "", "none" if rep["unsure_band"] is None else f"{rep['unsure_band'][0]}–{rep['unsure_band'][1]}")
     Console().print(table)
     console.print("dry run: checkpoint unchanged" if dry_run else f"updated {checkpoint / 'config.json'}")
@@ -252,7 +290,7 @@ def serve(
     threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
     device: str = typer.Option("auto"),
     max_mb: float = typer.Option(20.0, "--max-mb", help="Largest upload in MiB (413 above)."),
-    max_pixels: int = typer.Option(50_000_000, help="Largest image in pixels (422 above)."),
+    max_pixels: int = typer.Option(SERVE_MAX_PIXELS, help="Largest image in pixels (422 above)."),
     threshold: Optional[float] = typer.Option(None, help="Override the checkpoint's decision threshold."),
     unsure: Optional[str] = typer.Option(None, help="Override the 'unsure' band: 'lo,hi' or 'none'."),
     draws: int = typer.Option(1, help="Stratified crop draws averaged per image."),
@@ -294,6 +332,45 @@ def build_offline_bench(
     console.print(f"wrote {manifest}")
 
 
+@data_app.command("audit")
+def data_audit(
+    data: Path = typer.Argument(..., help="Tree, manifest CSV or folder with manifest.csv."),
+    split: Optional[str] = typer.Option(None, help="train, val, test or all (default: all; every split is also summarised on its own)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report JSON; FILE.md (the table) and FILE.csv (per image) are written beside it."),
+    threshold: float = typer.Option(0.65, help="Flag a property whose AUC alone, max(AUC, 1 - AUC), reaches this."),
+    min_per_class: int = typer.Option(4, help="Only flag on splits with at least this many images of each class."),
+    alpha: float = typer.Option(0.01, help="...and only when the two-sided Mann-Whitney p-value is at most this (1 = off)."),
+    max_side: int = typer.Option(1024, help="Measure pixel properties on a centre region of at most N×N pixels (0 = whole image)."),
+    workers: int = typer.Option(0, help="Decoding threads (0 = min(4, CPUs))."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any property is flagged."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Shortcut audit: flag any single property (format, JPEG quality, a hidden JPEG grid, resampling, noise, size, ...) that separates real from fake."""
+    from .audit import audit, format_report
+
+    try:
+        report = audit(data, split=split, max_side=max_side or None, threshold=threshold,
+                       min_per_class=min_per_class, alpha=alpha, workers=workers, progress=not quiet)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    text = format_report(report)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report.write_json(out)
+        out.with_suffix(".md").write_text(text, encoding="utf-8")
+        report.write_csv(out.with_suffix(".csv"))
+        console.print(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.csv')}", markup=False, soft_wrap=True)
+    for e in report.errors:
+        console.print(f"unreadable: {e['key']}: {e['reason']}", markup=False, soft_wrap=True, highlight=False)
+    for w in report.warnings:
+        console.print(w, markup=False, soft_wrap=True, highlight=False)
+    console.print(f"verdict: {report.verdict}", markup=False, soft_wrap=True, highlight=False)
+    if not report.rows:
+        _fail("no readable images")
+    raise typer.Exit(1 if strict and report.flags else 0)
+
+
 @app.command()
 def tune(
     data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv (split as for train)."),
@@ -318,7 +395,7 @@ def tune(
     label_smoothing: float = typer.Option(0.1),
     classes: str = typer.Option("real,fake"),
     split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions for data without splits (trials share one split)."),
-    max_pixels: int = typer.Option(200_000_000),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS),
     seed: int = typer.Option(0, help="Training seed of every trial (so all share one data split) and the sampler's seed."),
     workers: int = typer.Option(2, help="DataLoader workers."),
     threads: int = typer.Option(0),
@@ -434,15 +511,20 @@ def demo(
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo's epochs."),
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec); default: chosen on the validation split among --augment-candidates."),
+    augment_candidates: str = typer.Option("mild,standard", help="Comma-separated augmentation presets to choose from on validation."),
+    sweep: str = typer.Option("demo", help="Robustness sweep on the test split (preset or ';'-separated specs)."),
     workers: int = typer.Option(1),
     threads: int = typer.Option(0),
     device: str = typer.Option("auto"),
 ) -> None:
-    """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds."""
+    """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds,
+    on the shortcut-free benchmark, with the training augmentation chosen on validation and a robustness sweep."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out), size=size, seeds=tuple(int(s) for s in seeds.split(",")), workers=workers,
-                     threads=threads, device=device)
+                     threads=threads, device=device, augment=augment, sweep=sweep,
+                     augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()))
     if epochs is not None:
         cfg.epochs = epochs
     if k is not None:
@@ -479,6 +561,10 @@ def bench(
 
 
 def main() -> None:
+    """The ``glassdetect`` command. It owns its process, so it sets the process-wide defaults a library
+    import must not: ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch starts its OpenMP pool;
+    spin-waiting threads are catastrophically slow when another process holds a core)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 
