@@ -52,3 +52,19 @@ def test_demo_end_to_end_on_a_tiny_benchmark(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "Robustness sweep" in md and "Augmentation selection" in md and "Shortcut audit" in md
     assert {p: p.read_bytes() for p in bench.rglob("*.png")} == before  # the benchmark is only read
+
+
+def test_per_history_uses_the_given_threshold(tmp_path: Path) -> None:
+    from glassdetect.demo import per_history
+
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,history\na.png,real,native\nb.png,fake,native\nc.png,real,halved\nd.png,fake,halved\n")
+    rows = [("a.png", "real", 0.6), ("b.png", "fake", 0.9), ("c.png", "real", 0.2), ("d.png", "fake", 0.7)]
+    csv_path = tmp_path / "pred.csv"
+    csv_path.write_text("path,label,fake_probability\n" + "".join(
+        f"{(tmp_path / p).resolve()},{lab},{prob}\n" for p, lab, prob in rows))
+    low = per_history(csv_path, tmp_path / "manifest.csv", 0.5)
+    high = per_history(csv_path, tmp_path / "manifest.csv", 0.65)
+    assert set(low) == {"native", "halved"} and low["native"]["auc"] == 1.0
+    assert low["native"]["real_accuracy"] == 0.0 and high["native"]["real_accuracy"] == 1.0
+    assert low["halved"]["fake_accuracy"] == high["halved"]["fake_accuracy"] == 1.0

@@ -176,7 +176,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             res["calibration"] = cal
             res["seed"] = seed
             res["best_epoch"] = json.loads((ckpt / "config.json").read_text())["epoch"]
-            res["per_history"] = per_history(Path(tc.out) / "eval_clean.predictions.csv", manifest)
+            res["per_history"] = per_history(Path(tc.out) / "eval_clean.predictions.csv", manifest,
+                                             res.get("threshold") or 0.5)
             per_run[arch].append(res)
             _log(f"4/5 {arch} seed {seed} clean test: AUC {res['auc']:.3f} acc {res['accuracy']:.3f}")
 
@@ -221,8 +222,8 @@ def select_augment(cfg: DemoConfig, manifest: Path, robustness) -> dict:
     return {"chosen": chosen, "candidates": scores, "sweep": cfg.select_sweep, "seed": seed, "split": "val"}
 
 
-def per_history(predictions_csv: Path, manifest: Path) -> dict[str, dict]:
-    """AUC and accuracies per pixel history (``history`` column of a version-2 manifest)."""
+def per_history(predictions_csv: Path, manifest: Path, threshold: float = 0.5) -> dict[str, dict]:
+    """AUC and accuracies (at ``threshold``) per pixel history (``history`` column of a version-2 manifest)."""
     import csv
 
     import numpy as np
@@ -239,7 +240,7 @@ def per_history(predictions_csv: Path, manifest: Path) -> dict[str, dict]:
         sel = [r for r in rows if hist.get(r["path"]) == h]
         prob = np.array([float(r["fake_probability"]) for r in sel])
         labels = np.array([int(r["label"] == "fake") for r in sel])
-        m = binary_metrics(prob, labels, 0.5)
+        m = binary_metrics(prob, labels, threshold)
         out[h] = {k: m.get(k) for k in ("n", "auc", "accuracy", "real_accuracy", "fake_accuracy")}
     return out
 
