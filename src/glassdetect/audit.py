@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image
 
 from .limits import DEFAULT_MAX_PIXELS
-from .views import identify
+from .pilguard import identify
 
 DEFAULT_THRESHOLD = 0.65
 DEFAULT_MIN_PER_CLASS = 4

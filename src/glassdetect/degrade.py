@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .pilguard import identify
+
 try:  # libjpeg-turbo straight to numpy (same pixels as Pillow's decoder, faster); optional
     import simplejpeg
 except ImportError:  # pragma: no cover
@@ -340,8 +342,6 @@ def _decode_bytes(data: bytes, fmt: str) -> np.ndarray:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except (ValueError, OSError, RuntimeError):  # pragma: no cover - Pillow decides
             pass
-    from .views import identify  # views imports this module; our caller already checked the size
-
     with identify(io.BytesIO(data)) as im:  # not Image.open: Pillow's global guard is the host's setting
         return np.array(im.convert("RGB"))
 

@@ -6,7 +6,7 @@
 *option default*, ``SERVE_MAX_PIXELS`` (a service setting; ``--max-pixels`` overrides it).
 
 Our limits are checked per call, from the image header, before any pixel is decoded
-(:func:`glassdetect.views.identify`); Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is left as the
+(:func:`glassdetect.pilguard.identify`); Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is left as the
 host process set it.
 """
 from __future__ import annotations
