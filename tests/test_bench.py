@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from glassdetect import bench as B
+from glassdetect import views as V
 from glassdetect.views import ViewSpec, build_views
 
 VIEW_KEYS = {"ours_s", "naive_s", "decode_s", "ours_mb", "naive_mb", "speedup_vs_naive", "memory_ratio_vs_naive",
@@ -34,7 +35,7 @@ def test_pipelines_agree_on_views(tmp_path):
     assert B.ours_views(path, spec).boxes == build_views(path, spec).boxes
 
 
-@pytest.mark.skipif(B.V.simplejpeg is None, reason="simplejpeg is not installed (the decode floor is then Pillow's)")
+@pytest.mark.skipif(V.simplejpeg is None, reason="simplejpeg is not installed (the decode floor is then Pillow's)")
 def test_decode_only_floor_is_simplejpeg(tmp_path):
     path = B.write_image(tmp_path / "x.jpg", B.photo_like(600, 800, seed=3))
     pixels = B.decode_only(path)
@@ -64,17 +65,20 @@ def test_bench_views_png_without_memory(tmp_path):
 def test_bench_model_schema():
     res = B.bench_model(("test_resnet", "test_vit"), ks=(0, 2), batches=(1, 2), device="cpu", threads=1, budget_s=0.0,
                         peak_sizes=(256,))
-    assert res["device"] == "cpu" and res["peak_gflops"] > 0
+    assert res["device"] == "cpu" and res["peak_gflops"] > 0 and res["micro_batch"] == 4
     assert res["backbones"]["test_resnet"] == {"convnet": True, "auto_layout": "channels_last"}
     assert res["backbones"]["test_vit"]["auto_layout"] == "nchw"
     runs = res["runs"]
-    # resnet: auto layout for K in (0, 2) x batch (1, 2), the other layout only for K=4 (not measured here)
+    # the automatic configuration (factory layout, the model's own CPU micro-batches) for K in (0, 2) x batch
+    # (1, 2); the other layout, BN folding and whole batches only at K=4 (not measured here)
     assert {(r["backbone"], r["layout"], r["k"], r["batch"]) for r in runs} == {
-        (b, lay, k, n) for b, lay in (("test_resnet", "channels_last"), ("test_vit", "nchw")) for k in (0, 2) for n in (1, 2)}
+        (b, lay, k, n) for b, lay in (("test_resnet", "channels_last+micro-batch-4"), ("test_vit", "nchw+micro-batch-4"))
+        for k in (0, 2) for n in (1, 2)}
     for r in runs:
         assert r["auto"] and r["views_per_image"] == 1 + r["k"]
         assert r["gflops"] == pytest.approx(r["gflop_per_image"] / r["s_per_image"])
         assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / res["peak_gflops"])
+        assert r["fraction_of_peak_cpu_time"] == pytest.approx(r["gflops_cpu_time"] / res["peak_gflops_cpu_time"])
     flops = {(r["backbone"], r["k"]): r["gflop_per_image"] for r in runs}
     assert flops[("test_resnet", 2)] > 2.5 * flops[("test_resnet", 0)]  # three views vs one
 
@@ -83,28 +87,34 @@ def test_bench_model_variants():
     res = B.bench_model(("test_convnext",), ks=(0,), batches=(1,), device="cpu", threads=1, other_layout_ks=(0,), budget_s=0.0,
                         peak_sizes=(256,))
     layouts = {(r["layout"], r["auto"]) for r in res["runs"]}
-    assert layouts == {("channels_last", True), ("nchw", False)}  # no BatchNorm to fold; batch 1: no micro-batches
+    # no BatchNorm to fold; batch 1: no whole-batch comparison
+    assert layouts == {("channels_last+micro-batch-4", True), ("nchw+micro-batch-4", False)}
     res = B.bench_model(("test_resnet",), ks=(2,), batches=(1, 3), device="cpu", threads=1, other_layout_ks=(2,),
-                        budget_s=0.0, peak_sizes=(256,), micro_batch=2, micro_batch_ks=(2,))
-    got = {(r["layout"], r["batch"]) for r in res["runs"]}
-    assert got == {(lay, b) for lay in ("channels_last", "nchw", "channels_last+bn-folded") for b in (1, 3)} | {
-        ("channels_last+micro-batch-2", 3)}
+                        budget_s=0.0, peak_sizes=(256,), micro_batch=2, whole_batch_ks=(2,))
+    got = {(r["layout"], r["batch"], r["auto"]) for r in res["runs"]}
+    assert got == {(lay, b, lay == "channels_last+micro-batch-2") for lay in (
+        "channels_last+micro-batch-2", "nchw+micro-batch-2", "channels_last+bn-folded+micro-batch-2") for b in (1, 3)} | {
+        ("channels_last+whole-batch", 3, False)}
     assert len(res["peak_measurements"]) == 2 and res["peak_gflops"] == max(p["peak_gflops"] for p in res["peak_measurements"])
 
 
-def test_micro_batched_and_bn_folded_models_compute_the_same():
+def test_bench_model_variants_compute_the_same():
     import copy
 
-    plain, _ = B._make_model("test_resnet", 2, torch.device("cpu"))
-    g, c = B._inputs(3, 2, 64, torch.device("cpu"))
-    chunked, folded = copy.deepcopy(plain), copy.deepcopy(plain)
-    chunked.global_backbone = B.MicroBatched(chunked.global_backbone, 2)
-    chunked.local_backbone = B.MicroBatched(chunked.local_backbone, 2)
+    cpu = torch.device("cpu")
+    whole, _ = B.make_model("test_resnet", 2, cpu, micro_batch=0)
+    assert whole.cpu_microbatch == 0 and B.make_model("test_resnet", 2, cpu)[0].cpu_microbatch == 4
+    g, c = B.random_views(3, 2, 64, cpu)
+    chunked, folded = copy.deepcopy(whole), copy.deepcopy(whole)
+    chunked.cpu_microbatch = 2
     assert B.fold_batchnorm(folded) > 0
     with torch.inference_mode():
-        want = plain(g, c)[0]
+        want = whole(g, c)[0]
         assert torch.allclose(chunked(g, c)[0], want, atol=1e-5)
         assert torch.allclose(folded(g, c)[0], want, atol=1e-4)
+    assert B.layout_name(True, False, 4, cpu) == "channels_last+micro-batch-4"
+    assert B.layout_name(True, True, 0, cpu) == "channels_last+bn-folded+whole-batch"
+    assert B.layout_name(False, False, 4, torch.device("cuda")) == "nchw"  # no micro-batches off the CPU
 
 
 def test_bench_predict_schema(tmp_path):
@@ -122,10 +132,12 @@ def test_goals_and_markdown():
                  "beyond_decode_ms": 10.0}
              for s, mp in (("4MP", 4.0), ("12MP", 12.0), ("24MP", 24.0))}
     model = {"device": "cpu", "threads": 1, "amp": False, "peak_gflops": 100.0, "runs": [
-        {"backbone": "resnet50", "layout": "channels_last", "auto": True, "k": 4, "batch": 8, "s_per_image": 0.5,
-         "s_per_view": 0.1, "gflop_per_image": 41.0, "gflops": 82.0, "fraction_of_peak": 0.82},
-        {"backbone": "convnext_tiny", "layout": "channels_last", "auto": True, "k": 4, "batch": 8, "s_per_image": 0.6,
-         "s_per_view": 0.12, "gflop_per_image": 45.0, "gflops": 65.0, "fraction_of_peak": 0.65}]}
+        {"backbone": "resnet50", "layout": "channels_last+micro-batch-4", "auto": True, "k": 4, "batch": 8,
+         "s_per_image": 0.5, "s_per_view": 0.1, "gflop_per_image": 41.0, "gflops": 82.0, "fraction_of_peak": 0.82},
+        {"backbone": "convnext_tiny", "layout": "channels_last+micro-batch-4", "auto": True, "k": 4, "batch": 8,
+         "s_per_image": 0.6, "s_per_view": 0.12, "gflop_per_image": 45.0, "gflops": 65.0, "fraction_of_peak": 0.65},
+        {"backbone": "convnext_tiny", "layout": "channels_last+whole-batch", "auto": False, "k": 4, "batch": 8,
+         "s_per_image": 0.7, "s_per_view": 0.14, "gflop_per_image": 45.0, "gflops": 55.0, "fraction_of_peak": 0.55}]}
     pred = {"images": 8, "width": 4000, "height": 3000, "backbone": "resnet50", "k": 4, "batch_size": 8, "workers": 2,
             "device": "cpu", "predict_images_per_s": 1.9, "model_images_per_s": 2.0, "overlap_efficiency": 0.95,
             "prepare_s_per_image": 0.07, "model_s_per_image": 0.5}
@@ -134,6 +146,7 @@ def test_goals_and_markdown():
     assert goals["views_speedup_vs_naive"]["met"] and goals["views_memory_ratio"]["met"]
     assert goals["views_ratio_to_decode"]["measured"] == pytest.approx(0.1 / 0.09) and goals["views_ratio_to_decode"]["met"]
     assert not goals["model_fraction_of_peak"]["met"] and goals["model_fraction_of_peak"]["measured"] == 0.65
+    assert goals["model_fraction_of_peak"]["whole_batch"] == {"convnext_tiny": 0.55}
     assert goals["predict_overlap_efficiency"]["met"]
     res["goals"] = goals
     md = B.to_markdown(res)

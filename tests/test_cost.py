@@ -6,8 +6,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from glassdetect.bench.cost import line_fit, parse_crops
 from glassdetect.cli import app
-from glassdetect.cost import line_fit, parse_crops
+
+
+def test_old_module_name_still_imports():
+    import glassdetect.bench.cost as moved
+    import glassdetect.cost as old
+
+    assert old.measure_cost is moved.measure_cost and old.parse_crops is parse_crops
 
 
 def test_parse_crops_and_line_fit():
@@ -29,6 +36,7 @@ def test_cli_cost_quick_test_resnet(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((out / "cost.json").read_text())
     assert res["crops"] == [1, 3] and [row["k"] for row in res["glass"]] == [1, 3]
+    assert res["cpu_microbatch"] == 4  # inference timed on the models' own CPU evaluation path
     for row in [*res["glass"], res["standard"]]:
         assert row["train_step_s"] > 0 and row["infer_s_per_image"] > 0
         assert row["train_peak_mb"] is None or row["train_peak_mb"] >= 0

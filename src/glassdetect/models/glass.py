@@ -5,13 +5,17 @@
     a = softmax_i( w2 · dropout(tanh(W1 f_i)) )   (B, K)
     l = sum_i a_i f_i                             (B, D)
     logits = Linear(dropout(LayerNorm([g; l])))   (B, 2)
+
+In evaluation on the CPU the backbones run over the views a few at a time (``cpu_microbatch``,
+default 4; 0 = all B·(K+1) views in one call), which is faster there; training and CUDA always
+use one call. The outputs are the same within float rounding.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .common import Preprocess, classifier_head
+from .common import CPU_MICROBATCH, Preprocess, classifier_head, microbatched
 from .config import ModelConfig
 
 
@@ -41,6 +45,7 @@ class GLASS(nn.Module):
         self.local_backbone = global_backbone if local_backbone is None else local_backbone
         self.attention = CropAttention(cfg.num_features, cfg.attn_hidden, cfg.dropout)
         self.head = classifier_head(2 * cfg.num_features, cfg.dropout, len(cfg.class_names))
+        self.cpu_microbatch = CPU_MICROBATCH  # views per backbone call in CPU evaluation; 0 = one call
 
     @property
     def shared(self) -> bool:
@@ -62,12 +67,14 @@ class GLASS(nn.Module):
         """Backbone features: g (B, D) of the global view and f (B, K, D) of the crops."""
         b, k = crops.shape[:2]
         flat = crops.flatten(0, 1)  # (B*K, 3, P, P)
+        chunk = 0 if self.training else self.cpu_microbatch  # BatchNorm statistics are per batch in training
+        run_global = lambda v: self.global_backbone(self.prep(v))  # noqa: E731
         if self.shared and global_view.shape[-2:] == flat.shape[-2:]:
-            feats = self.global_backbone(self.prep(torch.cat([global_view, flat])))  # one batched call
+            feats = microbatched(run_global, torch.cat([global_view, flat]), chunk)  # one batched pass
             g, f = feats[:b], feats[b:]
         else:
-            g = self.global_backbone(self.prep(global_view))  # (B, D)
-            f = self.local_backbone(self.prep(flat))  # (B*K, D)
+            g = microbatched(run_global, global_view, chunk)  # (B, D)
+            f = microbatched(lambda v: self.local_backbone(self.prep(v)), flat, chunk)  # (B*K, D)
         return g, f.reshape(b, k, -1)
 
     def crop_scores(
