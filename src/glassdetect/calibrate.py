@@ -10,22 +10,21 @@ written into the checkpoint's ``config.json`` (``model.temperature``, ``model.th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .decision import fake_probability_np, log_softmax_np
+from .fsutil import write_text_atomic
+
 T_MIN, T_MAX = 0.01, 100.0
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``labels`` under softmax(logits / T)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    logp = log_softmax_np(logits, temperature)
     return float(-logp[np.arange(len(labels)), np.asarray(labels, dtype=int)].mean())
 
 
@@ -65,17 +64,7 @@ def update_checkpoint_config(checkpoint: str | Path, model_changes: dict[str, An
     meta["model"].update(model_changes)
     ModelConfig.from_dict(meta["model"])  # validate before writing anything
     meta.update(extra or {})
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(meta, indent=2, default=str))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(meta, indent=2, default=str), mode=path.stat().st_mode & 0o777)
     return meta
 
 
@@ -118,7 +107,7 @@ def calibrate(
     Returns a report: n, temperature before/after, NLL and ECE before/after (and the threshold's
     false-positive rate on ``data`` with ``target_fpr``).
     """
-    from .api import parse_band
+    from .decision import parse_band
     from .models import ModelConfig, read_config
 
     checkpoint = Path(checkpoint)
@@ -187,18 +176,11 @@ def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, thr
                          f"image(s) with labels {sorted(set(labels.tolist()))}")
     logits = preds.logits.astype(np.float64)
     t_after = fit_temperature(logits, labels)
-
-    def prob(t: float) -> np.ndarray:
-        z = logits / t
-        z = z - z.max(1, keepdims=True)
-        e = np.exp(z)
-        return e[:, -1] / e.sum(1)
-
     return {
-        "prob_real": prob(t_after)[labels == 0],
+        "prob_real": fake_probability_np(logits, t_after)[labels == 0],
         "data": str(data), "split": split, "n": int(len(labels)), "errors": len(preds.errors),
         "temperature_before": t_before, "temperature_after": t_after,
         "nll_before": nll(logits, labels, t_before), "nll_after": nll(logits, labels, t_after),
-        "ece_before": expected_calibration_error(prob(t_before), labels),
-        "ece_after": expected_calibration_error(prob(t_after), labels),
+        "ece_before": expected_calibration_error(fake_probability_np(logits, t_before), labels),
+        "ece_after": expected_calibration_error(fake_probability_np(logits, t_after), labels),
     }

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from . import runtime
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -60,10 +62,9 @@ def is_main() -> bool:
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
-    """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` (when CUDA exists); an explicit ``cuda:N`` or ``cpu`` is kept."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    """:func:`glassdetect.runtime.resolve_device`, then ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` (when CUDA
+    exists); an explicit ``cuda:N`` or ``cpu`` is kept."""
+    dev = runtime.resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return dev

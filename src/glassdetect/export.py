@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from . import __version__
+from .decision import scale_logits
+from .fsutil import atomic_path
 
 
 class _GlassGraph(nn.Module):
@@ -37,7 +39,7 @@ class _GlassGraph(nn.Module):
 
     def forward(self, global_view: torch.Tensor, crops: torch.Tensor):
         logits, weights, crop_logits = self.model.crop_scores(global_view, crops)
-        return logits / self.temperature, weights, crop_logits / self.temperature
+        return scale_logits(logits, self.temperature), weights, scale_logits(crop_logits, self.temperature)
 
 
 class _StandardGraph(nn.Module):
@@ -48,7 +50,7 @@ class _StandardGraph(nn.Module):
 
     def forward(self, global_view: torch.Tensor):
         logits, weights = self.model(global_view)
-        return logits / self.temperature, weights
+        return scale_logits(logits, self.temperature), weights
 
 
 def export_onnx(model_or_checkpoint: Any, out: str | Path, opset: int = 17, check: bool = True) -> Path:
@@ -79,21 +81,18 @@ def export_onnx(model_or_checkpoint: Any, out: str | Path, opset: int = 17, chec
         axes.update(crops={0: "batch", 1: "crops"}, attention={0: "batch", 1: "crops"},
                     crop_logits={0: "batch", 1: "crops"})
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(graph, args, str(tmp), dynamo=False, input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
-        _add_metadata(tmp, cfg, meta)
-        if check:
-            import onnx
+        with atomic_path(out) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+                torch.onnx.export(graph, args, str(tmp), dynamo=False, input_names=inputs, output_names=outputs,
+                                  dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+            _add_metadata(tmp, cfg, meta)
+            if check:
+                import onnx
 
-            onnx.checker.check_model(str(tmp))
-        tmp.replace(out)
+                onnx.checker.check_model(str(tmp))
     finally:
-        tmp.unlink(missing_ok=True)
         model.eval()
     return out
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .fetch import FetchError, fetch_debian_package, fetch_pypi_dist
+from .fsutil import atomic_path, write_text_atomic
 
 BENCH_VERSION = 2
 MANIFEST_COLUMNS = ("path", "label", "group", "generator", "source", "split", "history", "version")
@@ -461,13 +461,8 @@ def ncnn_upscaler(name: str, *, num_threads: int = 1, tile: int = 128, pad: int 
 
 
 def _save_atomic(img: Image.Image, path: Path, fmt: str, params: Mapping[str, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format=fmt, **params)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(img: Image.Image, path: Path) -> None:
@@ -480,13 +475,6 @@ def save_jpeg75(img: Image.Image, path: Path) -> None:
     _save_atomic(img.convert("RGB"), path, "JPEG", JPEG_PARAMS)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_manifest(rows: Iterable[Mapping[str, str]], path: Path) -> Path:
     """Write ``path,label,group,generator,source,split`` rows as CSV (atomically)."""
     buf = io.StringIO()
@@ -494,7 +482,7 @@ def write_manifest(rows: Iterable[Mapping[str, str]], path: Path) -> Path:
     wr.writeheader()
     for r in rows:
         wr.writerow({k: r[k] for k in MANIFEST_COLUMNS})
-    _write_text_atomic(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue(), fsync=False)
     return path
 
 
@@ -628,7 +616,7 @@ def build_bench(
         if {"spec": old.get("spec"), "seed": old.get("seed")} != ident:
             raise ValueError(f"{out} holds a benchmark built with another spec or seed; use a fresh directory")
     else:
-        _write_text_atomic(meta_path, json.dumps({**ident, "status": "building"}, indent=2))
+        write_text_atomic(meta_path, json.dumps({**ident, "status": "building"}, indent=2), fsync=False)
 
     pairs = plan_pairs(photos, spec, seed, {g: u.scale for g, u in upscalers.items()})
     by_photo: dict[str, list[Pair]] = {}
@@ -707,7 +695,7 @@ def build_bench(
         "photos": photos_per_split,
         "photos_without_crops": sorted(p.id for p in photos if p.id not in by_photo),
     }
-    _write_text_atomic(meta_path, json.dumps(meta, indent=2))
+    write_text_atomic(meta_path, json.dumps(meta, indent=2), fsync=False)
     return manifest
 
 

@@ -62,12 +62,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
+from .fsutil import write_text_atomic
 from .report import aggregate, format_mean_std
 
 METRICS = ("auc", "accuracy", "real_accuracy", "fake_accuracy", "n")
@@ -205,16 +205,8 @@ def _read_cache(path: Path, key: Mapping) -> dict | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic: an interrupted write never leaves a half file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic: an interrupted write never leaves a half file behind (mode 0o644, like the other outputs)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n", mode=0o644, fsync=False)
 
 
 def _json_default(o):

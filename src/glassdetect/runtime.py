@@ -13,12 +13,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import ViewDataset, collate, worker_init
+from .decision import fake_probability, scale_logits
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op elsewhere. For timing GPU code."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_threads(threads: int = 0) -> int:
@@ -136,7 +143,7 @@ def infer(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool 
             g, c, m = to_device(batch, device)
             with autocast(device, amp):
                 out, weights = model(g, c, m)
-            out = out.float() / temperature
+            out = scale_logits(out.float(), temperature)
             idx.append(batch["index"].numpy())
             logits.append(out.cpu().numpy())
             w = weights.float().cpu().numpy()
@@ -149,5 +156,5 @@ def infer(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool 
             progress(len(batch.get("index", [])) + len(batch["errors"]))
     n_cls = len(model.cfg.class_names)
     lg = np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32)
-    prob = torch.from_numpy(lg).softmax(-1)[:, -1].numpy() if len(lg) else np.zeros(0, np.float32)
+    prob = fake_probability(torch.from_numpy(lg)).numpy() if len(lg) else np.zeros(0, np.float32)
     return Predictions(np.concatenate(idx) if idx else np.zeros(0, np.int64), lg, prob, attn, boxes, errors)

@@ -11,9 +11,6 @@ pretrained download) and loads the weights strictly.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
+from ..fsutil import atomic_dir
 from .backbones import create_backbone, is_convnet
 from .config import ModelConfig
 from .glass import GLASS
@@ -83,9 +81,7 @@ def save_checkpoint(
     rule), leaving the model's own config as it is.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         tensors = _dedup_state(_unwrap(model))
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         cfg = config if config is not None else _unwrap(model).cfg
@@ -97,24 +93,7 @@ def save_checkpoint(
         for f in tmp.iterdir():
             f.chmod(0o644)
         tmp.chmod(0o755)
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing directory with as small a window as possible."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

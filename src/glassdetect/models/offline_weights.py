@@ -30,9 +30,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import cache_dir
+from ..fsutil import write_bytes_atomic
 
 #: Bumped whenever the converted file's content or metadata layout changes (forces a rebuild).
 FORMAT_VERSION = "1"
@@ -341,20 +340,6 @@ def locate_offline_checkpoint(source: str) -> Path:
     return path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _metadata(source: str, spec: OfflineWeights, sha: str) -> dict[str, str]:
     return {
         "format": "pt",
@@ -445,6 +430,6 @@ def ensure_offline_weights(source: str, cache: Path | None = None) -> Path:
         "license": spec.license,
         "notes": spec.notes,
     }
-    _atomic_write_bytes(json_path, (json.dumps(sidecar, indent=2) + "\n").encode())
-    _atomic_write_bytes(st_path, save(tensors, metadata=meta))
+    write_bytes_atomic(json_path, (json.dumps(sidecar, indent=2) + "\n").encode(), mode=0o644)
+    write_bytes_atomic(st_path, save(tensors, metadata=meta), mode=0o644)
     return st_path
