@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .decision import decide, fake_probability, parse_band  # decide, parse_band: also part of this API
+from .explain import CROP_SCORE_DEFINITION, render_evidence  # noqa: F401 - the definition is re-exported
 from .limits import DEFAULT_MAX_PIXELS
 from .models import load_checkpoint, save_checkpoint
 from .models.factory import CONFIG_NAME, WEIGHTS_NAME
@@ -46,10 +48,6 @@ from .views import (
     ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes, resize_global,
 )
 
-CROP_SCORE_DEFINITION = (
-    "fake probability of the classifier applied to [g; f_i] (global feature next to this crop's feature), "
-    "i.e. the prediction if attention put all its weight on this crop; temperature-scaled"
-)
 
 # ------------------------------------------------------------------------------------ results
 
@@ -97,8 +95,6 @@ class Detection:
 
     def evidence_map(self) -> Image.Image:
         """The evidence map (needs ``predict(..., explain=True)``); see :mod:`glassdetect.explain`."""
-        from .explain import render_evidence
-
         return render_evidence(self)
 
 
@@ -253,32 +249,6 @@ class PreparedDataset(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------------------------- detector
 
-def decide(probability: float, threshold: float, unsure_band: Sequence[float] | None, class_names: Sequence[str]) -> str:
-    """``unsure`` inside the band (inclusive), else the positive class at or above ``threshold``."""
-    if unsure_band is not None and unsure_band[0] <= probability <= unsure_band[1]:
-        return "unsure"
-    return class_names[-1] if probability >= threshold else class_names[0]
-
-
-def parse_band(text: str | Sequence[float] | None) -> tuple[float, float] | None:
-    """``"0.4,0.6"`` -> (0.4, 0.6); ``"none"``/``""``/None -> None."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        if text.strip().lower() in ("", "none", "off"):
-            return None
-        parts = [p.strip() for p in text.split(",")]
-    else:
-        parts = list(text)
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"an unsure band is two probabilities 'lo,hi', got {text!r}") from None
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"an unsure band needs 0 <= lo <= hi <= 1, got {text!r}")
-    return lo, hi
-
-
 def _resolve_pretrained(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -415,12 +385,12 @@ class Detector:
                 logits, weights = self.model(g, c, m)
                 crop_logits = None
         t = float(getattr(self.cfg, "temperature", 1.0))
-        prob = (logits.float() / t).softmax(-1)[:, -1].cpu().numpy()
+        prob = fake_probability(logits, t).cpu().numpy()
         attn = weights.float().cpu().numpy()
         if crop_logits is None:
             scores = np.zeros_like(attn)
         else:
-            scores = (crop_logits.float() / t).softmax(-1)[..., -1].cpu().numpy()
+            scores = fake_probability(crop_logits, t).cpu().numpy()
         return prob, attn, scores
 
     def run_batch(self, batch: dict) -> list[tuple[int, Detection]]:

@@ -15,14 +15,31 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:
-    from .api import Detection
-
 SCHEMA = "glassdetect.evidence/1"
+CROP_SCORE_DEFINITION = (
+    "fake probability of the classifier applied to [g; f_i] (global feature next to this crop's feature), "
+    "i.e. the prediction if attention put all its weight on this crop; temperature-scaled"
+)
+
+
+class Explainable(Protocol):
+    """What an evidence map reads of a :class:`glassdetect.api.Detection`.
+
+    A protocol, so this module needs nothing from :mod:`glassdetect.api` (which imports this one).
+    """
+
+    probability: float | None
+    decision: str
+    crops: Sequence[Any]  # glassdetect.api.Crop: box (x0, y0, x1, y1), weight, score, draw
+    draws: int
+    spread: float | None
+    image_size: tuple[int, int] | None  # (H, W)
+    source: str
+    thumbnail: Image.Image | None
 
 
 def _font(size: int):
@@ -37,7 +54,7 @@ def _colour(score: float) -> tuple[int, int, int]:
     return int(round(40 + 200 * s)), int(round(190 - 150 * s)), 60
 
 
-def render_evidence(det: "Detection") -> Image.Image:
+def render_evidence(det: Explainable) -> Image.Image:
     """Draw ``det``'s crops on its thumbnail (``predict(..., explain=True)`` keeps one)."""
     if det.thumbnail is None or det.image_size is None:
         raise ValueError("no thumbnail: call predict(..., explain=True) to get an evidence map")
@@ -75,10 +92,8 @@ def render_evidence(det: "Detection") -> Image.Image:
     return canvas
 
 
-def evidence_record(det: "Detection", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def evidence_record(det: Explainable, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON side of the map: boxes (original pixels, x0 y0 x1 y1), weights and crop scores."""
-    from .api import CROP_SCORE_DEFINITION
-
     rec = {
         "schema": SCHEMA,
         "source": det.source,
@@ -119,7 +134,7 @@ class ExplainWriter:
         self.extra = extra or {}
         self.used: set[str] = set()
 
-    def write(self, det: "Detection") -> tuple[Path, Path]:
+    def write(self, det: Explainable) -> tuple[Path, Path]:
         stem = _safe_stem(det.source)
         name, n = stem, 1
         while name in self.used:

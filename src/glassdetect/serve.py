@@ -31,8 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api import Detector
+from .explain import data_url
 from .limits import SERVE_MAX_PIXELS
-from .views import ImageError, identify
+from .pilguard import identify
+from .views import ImageError
 
 log = logging.getLogger("glassdetect.serve")
 
@@ -114,6 +116,22 @@ def sniff(data: bytes) -> tuple[str, tuple[int, int]] | None:
         return None
 
 
+class _Refused(Exception):
+    """An answer other than the verdict (4xx/503), raised from the steps of :meth:`_Service.detect`."""
+
+    def __init__(self, response: JSONResponse):
+        super().__init__(response.status_code)
+        self.response = response
+
+
+# The request body of POST /v1/detect, for the OpenAPI page (the route reads the request itself).
+DETECT_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "explain": {"type": "boolean", "default": False}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
 def create_app(
     detector: Detector | str | Path,
     *,
@@ -131,21 +149,103 @@ def create_app(
     """
     det = copy.copy(detector) if isinstance(detector, Detector) else Detector.from_pretrained(detector, device)
     det.max_pixels = int(max_pixels)
-    cfg = det.cfg
-    limiter = anyio.CapacityLimiter(max(1, int(concurrency)))
-    state = {"in_flight": 0, "served": 0}
-    model_info = {"arch": cfg.arch, "backbone": cfg.backbone, "k": cfg.k, "patch": cfg.patch,
-                  "sampling": det.mode or cfg.sampling, "draws": det.draws, "temperature": cfg.temperature,
-                  "threshold": det.threshold, "unsure_band": det.unsure_band, "class_names": list(cfg.class_names)}
+    svc = _Service(det, max_bytes=max_bytes, max_pixels=max_pixels, concurrency=concurrency,
+                   max_waiting=max_waiting, explain_size=explain_size)
 
     app = FastAPI(title="glassdetect", version=__version__,
                   description="Is this image AI-generated? GLASS: global view + native-resolution crops.")
     app.add_middleware(BodyLimit, limit=max_bytes + FORM_OVERHEAD)
     app.state.detector = det
 
-    def run(data: bytes, explain: bool, name: str) -> dict[str, Any]:
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return svc.health()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(INDEX_HTML.replace("{{MAX_MB}}", f"{max_bytes / 2**20:.0f}"))
+
+    @app.post("/v1/detect", openapi_extra=DETECT_BODY_DOC)
+    async def detect(request: Request, explain: bool = False) -> JSONResponse:
+        """Upload one image (form field ``file`` or the raw body); returns the verdict as JSON."""
+        return await svc.detect(request, explain)
+
+    return app
+
+
+class _Service:
+    """The detector behind the routes, the upload limits, and the in-flight / served counters."""
+
+    def __init__(self, det: Detector, *, max_bytes: int, max_pixels: int, concurrency: int, max_waiting: int,
+                 explain_size: int):
+        self.det = det
+        self.max_bytes, self.max_pixels, self.max_waiting = max_bytes, max_pixels, max_waiting
+        self.explain_size = explain_size
+        self.limiter = anyio.CapacityLimiter(max(1, int(concurrency)))
+        self.in_flight = self.served = 0
+        cfg = det.cfg
+        self.model_info = {
+            "arch": cfg.arch, "backbone": cfg.backbone, "k": cfg.k, "patch": cfg.patch,
+            "sampling": det.mode or cfg.sampling, "draws": det.draws, "temperature": cfg.temperature,
+            "threshold": det.threshold, "unsure_band": det.unsure_band, "class_names": list(cfg.class_names),
+        }
+
+    def health(self) -> dict:
+        return {"status": "ok", "version": __version__, "model": self.model_info, "in_flight": self.in_flight,
+                "served": self.served}
+
+    async def detect(self, request: Request, explain: bool) -> JSONResponse:
+        """Read the upload, check it against the limits, run the model: the verdict, or why not."""
+        try:
+            data, name, explain = await _read_upload(request, explain, self.max_bytes)
+            fmt = self.check_limits(data)
+            out = await self.infer(data, explain, name)
+        except _Refused as refused:
+            return refused.response
+        out["format"] = fmt
+        return JSONResponse(out)
+
+    def check_limits(self, data: bytes) -> str:
+        """The image format, once the bytes pass the size, format, pixel and queue limits."""
+        if len(data) > self.max_bytes:
+            raise _Refused(JSONResponse(_too_large(self.max_bytes), status_code=413))
+        if not data:
+            raise _Refused(_error(415, "not_an_image", "the upload is empty"))
+        head = sniff(data)
+        if head is None:
+            raise _Refused(_error(415, "not_an_image", "the uploaded bytes are not an image format we can read"))
+        fmt, (w, h) = head
+        if w * h > self.max_pixels:
+            raise _Refused(_error(422, "too_many_pixels",
+                                  f"{w}×{h} = {w * h:,} pixels exceeds the limit of {self.max_pixels:,} pixels"))
+        if self.in_flight >= self.max_waiting:
+            raise _Refused(JSONResponse({"error": "busy", "detail": "too many requests in progress; retry shortly"},
+                                        status_code=503, headers={"Retry-After": "1"}))
+        return fmt
+
+    async def infer(self, data: bytes, explain: bool, name: str) -> dict[str, Any]:
+        """:meth:`run` in a worker thread (at most ``concurrency`` at a time); a bad image is a 422."""
+        self.in_flight += 1
+        try:
+            out = await anyio.to_thread.run_sync(functools.partial(self.run, data, explain, name),
+                                                 limiter=self.limiter)
+        except ImageError as exc:
+            raise _Refused(_error(422, "cannot_decode", exc.reason)) from None
+        except (ValueError, OSError) as exc:
+            raise _Refused(_error(422, "cannot_decode", str(exc))) from None
+        except Exception:  # noqa: BLE001 - a bug, not bad input: log it, answer 500 without internals
+            log.exception("inference failed for %s", name)
+            raise _Refused(_error(500, "internal_error", "inference failed; see the server log")) from None
+        finally:
+            self.in_flight -= 1
+        self.served += 1
+        return out
+
+    def run(self, data: bytes, explain: bool, name: str) -> dict[str, Any]:
+        """The verdict as JSON (blocking: runs in a worker thread)."""
+        det = self.det
         t0 = time.perf_counter()
-        r = det.predict(data, explain=explain, name=name, thumbnail=explain_size)
+        r = det.predict(data, explain=explain, name=name, thumbnail=self.explain_size)
         out = r.to_dict()
         for key in ("source", "error"):
             out.pop(key, None)
@@ -153,79 +253,32 @@ def create_app(
         out["threshold"] = det.threshold
         out["unsure_band"] = list(det.unsure_band) if det.unsure_band else None
         if explain:
-            from .explain import data_url
-
             out["evidence_map"] = data_url(r.evidence_map())
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return out
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "version": __version__, "model": model_info, "in_flight": state["in_flight"],
-                "served": state["served"]}
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(INDEX_HTML.replace("{{MAX_MB}}", f"{max_bytes / 2**20:.0f}"))
-
-    body_doc = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "string", "format": "binary"}, "explain": {"type": "boolean", "default": False}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    }}}
-
-    @app.post("/v1/detect", openapi_extra=body_doc)
-    async def detect(request: Request, explain: bool = False) -> JSONResponse:
-        """Upload one image (form field ``file`` or the raw body); returns the verdict as JSON."""
-        name = "upload"
-        try:
-            if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                async with request.form(max_files=1, max_fields=16) as form:
-                    up = form.get("file")
-                    if up is None or isinstance(up, str):
-                        return _error(422, "missing_file", "send the image as the multipart form field 'file'")
-                    data = await up.read()
-                    name = up.filename or name
-                    flag = form.get("explain")
-                    if isinstance(flag, str):
-                        explain = flag.strip().lower() in TRUE
-            else:
-                data = await request.body()
-        except _BodyTooLarge:
-            return JSONResponse(_too_large(max_bytes), status_code=413)
-        except StarletteHTTPException as exc:  # malformed multipart
-            return _error(400, "bad_request", str(exc.detail))
-        if len(data) > max_bytes:
-            return JSONResponse(_too_large(max_bytes), status_code=413)
-        if not data:
-            return _error(415, "not_an_image", "the upload is empty")
-        head = sniff(data)
-        if head is None:
-            return _error(415, "not_an_image", "the uploaded bytes are not an image format we can read")
-        fmt, (w, h) = head
-        if w * h > max_pixels:
-            return _error(422, "too_many_pixels",
-                          f"{w}×{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} pixels")
-        if state["in_flight"] >= max_waiting:
-            return JSONResponse({"error": "busy", "detail": "too many requests in progress; retry shortly"},
-                                status_code=503, headers={"Retry-After": "1"})
-        state["in_flight"] += 1
-        try:
-            out = await anyio.to_thread.run_sync(functools.partial(run, data, explain, name), limiter=limiter)
-        except ImageError as exc:
-            return _error(422, "cannot_decode", exc.reason)
-        except (ValueError, OSError) as exc:
-            return _error(422, "cannot_decode", str(exc))
-        except Exception:  # noqa: BLE001 - a bug, not bad input: log it, answer 500 without internals
-            log.exception("inference failed for %s", name)
-            return _error(500, "internal_error", "inference failed; see the server log")
-        finally:
-            state["in_flight"] -= 1
-        state["served"] += 1
-        out["format"] = fmt
-        return JSONResponse(out)
-
-    return app
+async def _read_upload(request: Request, explain: bool, max_bytes: int) -> tuple[bytes, str, bool]:
+    """(bytes, file name, explain) from a multipart form (field ``file``; a form field ``explain``
+    overrides the query parameter) or from the raw body."""
+    name = "upload"
+    try:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await request.body(), name, explain
+        async with request.form(max_files=1, max_fields=16) as form:
+            up = form.get("file")
+            if up is None or isinstance(up, str):
+                raise _Refused(_error(422, "missing_file", "send the image as the multipart form field 'file'"))
+            data = await up.read()
+            name = up.filename or name
+            flag = form.get("explain")
+            if isinstance(flag, str):
+                explain = flag.strip().lower() in TRUE
+        return data, name, explain
+    except _BodyTooLarge:
+        raise _Refused(JSONResponse(_too_large(max_bytes), status_code=413)) from None
+    except StarletteHTTPException as exc:  # malformed multipart
+        raise _Refused(_error(400, "bad_request", str(exc.detail))) from None
 
 
 def serve(
