@@ -64,3 +64,40 @@ def camera_photos(root: Path, n: int, size: tuple[int, int], step: tuple[int, in
         ref = ob.PhotoRef(f"pkg{i % packages}-p{i}", f"pkg{i % packages}", f"usr/p{i}.jpg")
         photos.append(ob.photo_from_file(ref, path))
     return photos
+
+
+def metrics_history(run: Path) -> list[tuple[float, float]]:
+    """(train loss, val accuracy) per epoch from a run's metrics.jsonl."""
+    import json
+
+    return [(h["train_loss"], h["val_accuracy"]) for h in map(json.loads, open(run / "metrics.jsonl"))]
+
+
+def assert_interrupted_run_resumes_exactly(full: Path, cut: Path, **config) -> None:
+    """Train into ``cut`` with ``config``, stop it after its first epoch, resume it; its last
+    weights and per-epoch history must equal those of the uninterrupted run already in ``full``."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from glassdetect.train import TrainConfig, train
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, rec):
+        raise Interrupt
+
+    try:
+        train(TrainConfig(out=str(cut), **config), on_epoch_end=stop)
+        raise AssertionError("the run was not interrupted")
+    except Interrupt:
+        pass
+    assert json.loads((cut / "last" / "config.json").read_text())["epoch"] == 1
+    train(TrainConfig(out=str(cut), resume=True, **config))
+    a, b = load_file(str(full / "last/model.safetensors")), load_file(str(cut / "last/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metrics_history(full) == metrics_history(cut)

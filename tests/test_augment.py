@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import make_checkpoint, make_image
@@ -23,7 +22,7 @@ from glassdetect.sampling import eval_degrade_rng
 from glassdetect.train import TrainConfig, train
 from glassdetect.views import ViewSpec, build_views, content_id, decode, resize_global
 
-from synth import make_checker_tree
+from synth import assert_interrupted_run_resumes_exactly, make_checker_tree, metrics_history
 
 GLASS = ViewSpec(k=3, patch=64, global_size=32)
 BASE = ViewSpec(k=3, patch=64, global_size=32, need_crops=False)
@@ -166,23 +165,10 @@ def test_augmented_training_resumes_exactly(small_checker, tmp_path, monkeypatch
 
     common = dict(data=str(small_checker), arch="glass", backbone="test_resnet", k=2, epochs=2, batch_size=4,
                   lr_global=1e-3, lr_local=1e-3, lr_head=1e-3, seed=3, augment="standard", **FAST)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, rec):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(TrainConfig(out=str(tmp_path / "cut"), **common), on_epoch_end=stop)
-    train(TrainConfig(out=str(tmp_path / "cut"), resume=True, **common))
-    a, b = load_file(str(run / "last/model.safetensors")), load_file(str(tmp_path / "cut/last/model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    hist = lambda p: [(h["train_loss"], h["val_accuracy"]) for h in map(json.loads, open(p / "metrics.jsonl"))]
-    assert hist(run) == hist(tmp_path / "cut")
+    assert_interrupted_run_resumes_exactly(run, tmp_path / "cut", **common)
     # the augmentation changes what is learnt
     train(TrainConfig(out=str(tmp_path / "plain"), **{**common, "augment": "none", "epochs": 1}))
-    assert hist(tmp_path / "plain")[0][0] != hist(run)[0][0]
+    assert metrics_history(tmp_path / "plain")[0][0] != metrics_history(run)[0][0]
 
 
 def test_bad_augment_spec_fails_before_training(small_checker, tmp_path):

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from glassdetect.cli import app
 from glassdetect.evaluate import evaluate
 from glassdetect.train import TrainConfig, train
 
-from synth import make_checker_tree
+from synth import assert_interrupted_run_resumes_exactly, make_checker_tree
 
 FAST = dict(pretrained=False, workers=0, threads=1, progress=False, device="cpu")
 EVAL_KEYS = {"n", "accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
@@ -40,32 +39,11 @@ def test_glass_learns_native_resolution_signal_baseline_cannot(checker_data, tmp
     assert acc["standard"] <= 0.7, acc
 
 
-def _tensors(path):
-    return load_file(str(path))
-
-
 def test_resume_equals_uninterrupted(checker_data, tmp_path):
     common = dict(data=str(checker_data), arch="glass", backbone="test_resnet", k=2, epochs=2, batch_size=16,
                   lr_global=1e-3, lr_local=1e-3, lr_head=1e-3, dropout=0.3, seed=3, **FAST)
     train(TrainConfig(out=str(tmp_path / "full"), **common))
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, rec):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(TrainConfig(out=str(tmp_path / "cut"), **common), on_epoch_end=stop)
-    assert json.loads((tmp_path / "cut" / "last" / "config.json").read_text())["epoch"] == 1
-    train(TrainConfig(out=str(tmp_path / "cut"), resume=True, **common))
-
-    a, b = _tensors(tmp_path / "full/last/model.safetensors"), _tensors(tmp_path / "cut/last/model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    hist = lambda p: [(h["train_loss"], h["val_accuracy"]) for h in map(json.loads, open(p / "metrics.jsonl"))]
-    assert hist(tmp_path / "full") == hist(tmp_path / "cut")
+    assert_interrupted_run_resumes_exactly(tmp_path / "full", tmp_path / "cut", **common)
 
 
 def test_cli_train_then_evaluate(checker_data, tmp_path):
