@@ -146,7 +146,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _log("1/5 auditing the benchmark for properties that separate the classes")
     report = audit(manifest, progress=False)
-    (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+    audit_json = report.to_json()
+    (out / "audit.json").write_text(json.dumps(audit_json, indent=2, default=str))
     audit_md = format_report(report)
     (out / "audit.md").write_text(audit_md)
     print(audit_md)
@@ -187,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = summarise(per_run, train_s)
     timings["total_s"] = time.perf_counter() - t_start
     results["robustness"] = sweep
-    results["audit"] = {"verdict": report.to_json().get("verdict"), "flags": report.to_json().get("flags")}
+    results["audit"] = {"verdict": audit_json.get("verdict"), "flags": audit_json.get("flags")}
     results["augment_selection"] = selection
     results["meta"] = {"config": asdict(cfg), "timings": timings, "version": bench_meta.get("version", 1),
                        "code_bench_version": BENCH_VERSION, "bench": bench_meta.get("counts"),
