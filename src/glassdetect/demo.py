@@ -98,17 +98,17 @@ def _train_once(tc: TrainConfig) -> dict:
     return train(tc)
 
 
-def _calibrate_once(ckpt: Path, data: Path, cfg: DemoConfig) -> dict | None:
-    """Temperature and threshold on the validation split (once per checkpoint)."""
+def _calibrate_once(ckpt: Path, data: Path, cfg: DemoConfig) -> None:
+    """Temperature and threshold on the validation split, stored in the checkpoint (once per checkpoint;
+    the evaluation records the threshold and temperature it used)."""
     if cfg.target_fpr is None:
-        return None
+        return
     from .calibrate import calibrate
 
     done = json.loads((ckpt / "config.json").read_text()).get("calibration") or {}
     if done.get("target_fpr") != cfg.target_fpr or done.get("split") != "val":
-        done = calibrate(ckpt, data, "val", workers=cfg.workers, device=cfg.device, threads=cfg.threads,
-                         progress=False, target_fpr=cfg.target_fpr)
-    return {k: done.get(k) for k in ("threshold", "temperature_after", "fpr", "n_real", "target_fpr")}
+        calibrate(ckpt, data, "val", workers=cfg.workers, device=cfg.device, threads=cfg.threads,
+                  progress=False, target_fpr=cfg.target_fpr)
 
 
 def _eval_once(ckpt: Path, data: Path, out: Path, cfg: DemoConfig) -> dict:
@@ -154,7 +154,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings["audit_s"] = time.perf_counter() - t_start - timings["build_s"]
 
     t0 = time.perf_counter()
-    selection = select_augment(cfg, manifest, robustness)
+    selection = select_augment(cfg, manifest)
     chosen = selection["chosen"]
     timings["select_s"] = time.perf_counter() - t0
     _log(f"2/5 augmentation chosen on validation: {chosen!r}")
@@ -172,9 +172,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             train_s[arch].append(sum(h["seconds"] for h in summary["history"]))
             ckpt = Path(tc.out) / "best"
             ckpts[arch].append(str(ckpt))
-            cal = _calibrate_once(ckpt, manifest, cfg)
+            _calibrate_once(ckpt, manifest, cfg)
             res = _eval_once(ckpt, manifest, Path(tc.out) / "eval_clean.json", cfg)
-            res["calibration"] = cal
             res["seed"] = seed
             res["best_epoch"] = json.loads((ckpt / "config.json").read_text())["epoch"]
             res["per_history"] = per_history(Path(tc.out) / "eval_clean.predictions.csv", manifest,
@@ -201,9 +200,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
-def select_augment(cfg: DemoConfig, manifest: Path, robustness) -> dict:
+def select_augment(cfg: DemoConfig, manifest: Path) -> dict:
     """Train GLASS (first seed) with each candidate augmentation and pick the one with the best
     mean validation AUC over the clean validation split and ``cfg.select_sweep``'s degradations."""
+    from .robustness import robustness
+
     if cfg.augment is not None:
         return {"chosen": cfg.augment, "candidates": {}, "note": "given, not selected"}
     seed = cfg.seeds[0]
