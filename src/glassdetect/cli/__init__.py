@@ -1,0 +1,20 @@
+"""The ``glassdetect`` command line: one Typer app (``_app``), its commands grouped by job —
+``training`` (train, tune, final), ``inference`` (evaluate, robustness, predict, calibrate, export,
+serve), ``datasets`` (``data ...``) and ``studies`` (cost, demo, bench). Each command imports the
+library lazily, so ``glassdetect --help`` starts fast."""
+from __future__ import annotations
+
+import os
+
+from . import datasets, inference, studies, training  # noqa: F401 - registers the commands
+from ._app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """The ``glassdetect`` command. It owns its process, so it sets the process-wide defaults a library
+    import must not: ``OMP_WAIT_POLICY=PASSIVE`` unless set (before torch starts its OpenMP pool;
+    spin-waiting threads are catastrophically slow when another process holds a core)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    app()

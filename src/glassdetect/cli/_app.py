@@ -1,0 +1,21 @@
+"""The Typer application the command modules register on, and how a command fails."""
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Detect AI-generated images without throwing away high-resolution detail (GLASS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: build the offline benchmark, audit a dataset for shortcuts.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """Print ``error: msg`` on stderr and exit with ``code`` (2: a usage or input problem)."""
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)

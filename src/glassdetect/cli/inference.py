@@ -1,0 +1,225 @@
+"""Commands that use a checkpoint: evaluate, robustness, predict, calibrate, export, serve."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
+from ._app import app, console
+from ._app import fail as _fail
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (e.g. RUN/best)."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv."),
+    split: Optional[str] = typer.Option(None, help="train, val, test or all (default: test when splits are known, else all)."),
+    draws: int = typer.Option(1, help="Average the fake probability over N stratified crop draws per image."),
+    out: Optional[Path] = typer.Option(None, help="Metrics JSON; a .reliability.png and .predictions.csv are written beside it."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Evaluation crop seed (crops are a function of image content and seed)."),
+    bootstrap: int = typer.Option(0, help="Bootstrap resamples over source groups for an AUC 95% interval."),
+    degrade: Optional[str] = typer.Option(None, help="Evaluate on degraded images: a spec such as 'jpeg:q=50', "
+                                          "'blur:sigma=2+jpeg:q=75', 'resize:f=0.5' or 'social' (deterministic per image)."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Evaluate a checkpoint: accuracy, AUC, AP, F1, ECE ... as JSON plus a reliability diagram."""
+    from ..evaluate import evaluate as run_eval
+
+    try:
+        res = run_eval(checkpoint, data, split, draws, out, batch_size, workers, device, threads, seed, bootstrap, not quiet,
+                       degrade=degrade)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    degraded = f", degraded: {res['degrade']}" if res.get("degrade", "none") != "none" else ""
+    table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']}{degraded})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
+                "recall", "ece", "conf_correct", "conf_incorrect"):
+        v = res[key]
+        table.add_row(key, "n/a" if v is None else f"{v:.4f}")
+    Console().print(table)
+    if res["errors"]:
+        console.print(f"[yellow]{len(res['errors'])} unreadable images skipped[/yellow]")
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def robustness(
+    checkpoints: list[str] = typer.Argument(..., help="Checkpoints as [NAME=]PATH; PATH may be a run (uses RUN/best) or a quoted glob. Same NAME = seeds of one model (default NAME: the checkpoint's arch)."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv (only read)."),
+    out: Path = typer.Option(..., "--out", help="robustness.json, robustness.md, robustness_<family>.png and cache/ go here."),
+    sweep: str = typer.Option("demo", help="Preset (demo, univfd, sidbench, genimage, social) or ';'-separated specs, e.g. 'jpeg:q=50;blur:sigma=2'."),
+    split: str = typer.Option("test", help="train, val, test or all."),
+    draws: int = typer.Option(1, help="Average the fake probability over N stratified crop draws per image."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """AUC and accuracy of checkpoints under a degradation sweep (JPEG, blur, resize ...), mean ± std over seeds; cached per point."""
+    from ..robustness import markdown
+    from ..robustness import robustness as run_robustness
+
+    try:
+        res = run_robustness(checkpoints, data, out, sweep=sweep, split=split, draws=draws, batch_size=batch_size,
+                             workers=workers, device=device, threads=threads, progress=not quiet,
+                             log=None if quiet else (lambda msg: console.print(msg, markup=False, highlight=False)))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    print(markdown(res))
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + config.json)."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive), glob patterns ('imgs/**/*.jpg') or a CSV with a 'path' column."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table here (default: stdout)."),
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl. Columns: path, fake_probability, decision, crops, draws, spread, error."),
+    draws: int = typer.Option(1, help="Average N stratified crop draws per image; 'spread' is their standard deviation."),
+    mode: Optional[str] = typer.Option(None, help="Crop mode: stratified, grid (every grid cell) or random (default: the model's)."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold on the fake probability (default: the checkpoint's)."),
+    unsure: Optional[str] = typer.Option(None, help="'lo,hi': decision 'unsure' for probabilities in [lo, hi]; 'none' switches the checkpoint's band off."),
+    explain: Optional[Path] = typer.Option(None, "--explain", help="Write an evidence map (PNG + JSON) per image into this folder."),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(2, help="DataLoader workers decoding images while the model runs."),
+    threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0, help="Crop seed (crops are a function of image content, seed and draw)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this many pixels."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Score images: one row per input (CSV or JSON Lines). A file that fails gets an error row; exit code 1 if any did."""
+    from ..predict import FORMATS, RowWriter
+    from ..predict import predict as run_predict
+    from ..sampling import MODES
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}")
+    if mode is not None and mode not in MODES:
+        _fail(f"--mode must be {', '.join(MODES[:-1])} or {MODES[-1]}")
+    if not (checkpoint / "config.json").is_file():
+        _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
+    failed = total = 0
+    try:
+        writer = RowWriter(stream, fmt)
+        rows = run_predict(checkpoint, inputs, batch_size, workers, device, threads, seed, draws=draws, mode=mode,
+                           threshold=threshold, unsure=False if unsure is None else unsure, explain_dir=explain,
+                           max_pixels=max_pixels, progress=False if quiet else None)
+        for row in rows:
+            total += 1
+            failed += bool(row.error)
+            writer.write(row)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        if out is not None:
+            stream.close()
+    if failed:
+        console.print(f"[yellow]{failed} of {total} file(s) failed[/yellow] (see the error column)")
+    if out is not None:
+        console.print(f"wrote {total} row(s) to {out}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def calibrate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory; its config.json is updated in place (atomically)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data (tree, manifest CSV or folder with manifest.csv) to fit the temperature on."),
+    split: str = typer.Option("val", help="Which split of --data: val (default), test, train or all."),
+    threshold: Optional[float] = typer.Option(None, help="Store this decision threshold."),
+    target_fpr: Optional[float] = typer.Option(None, "--target-fpr", help="Choose the threshold on the real images of --data so that at most this fraction of them is called fake (e.g. 0.01)."),
+    unsure: Optional[str] = typer.Option(None, help="Store an 'unsure' band 'lo,hi' ('none' removes it)."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; leave the checkpoint as it is."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Fit temperature scaling on validation data (minimum NLL) and store it, plus threshold / unsure band, in the checkpoint."""
+    from ..calibrate import calibrate as run_calibrate
+
+    try:
+        rep = run_calibrate(checkpoint, data, split, threshold, False if unsure is None else unsure, batch_size,
+                            workers, device, threads, seed, not quiet, dry_run, target_fpr)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"calibration of {checkpoint}" + (f" on {rep['split']} (n={rep['n']})" if "n" in rep else ""))
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("temperature", f"{rep['temperature_before']:.4f}", f"{rep['temperature_after']:.4f}")
+    if "nll_before" in rep:
+        table.add_row("NLL", f"{rep['nll_before']:.4f}", f"{rep['nll_after']:.4f}")
+        table.add_row("ECE", f"{rep['ece_before']:.4f}", f"{rep['ece_after']:.4f}")
+    table.add_row("threshold", "", f"{rep['threshold']}")
+    if rep.get("target_fpr") is not None:
+        table.add_row(f"false-positive rate on {rep['n_real']} reals", f"target {rep['target_fpr']}", f"{rep['fpr']:.4f}")
+    table.add_row("unsure band", "", "none" if rep["unsure_band"] is None else f"{rep['unsure_band'][0]}–{rep['unsure_band'][1]}")
+    Console().print(table)
+    console.print("dry run: checkpoint unchanged" if dry_run else f"updated {checkpoint / 'config.json'}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    onnx: Path = typer.Option(..., "--onnx", help="Output .onnx file: uint8 views in; logits, attention, crop_logits out (dynamic batch)."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+) -> None:
+    """Export the model to ONNX (temperature applied; config in the metadata)."""
+    from ..export import export_onnx
+
+    try:
+        path = export_onnx(checkpoint, onnx, opset=opset)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def serve(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8000),
+    concurrency: int = typer.Option(2, help="Inferences running at once (worker threads)."),
+    threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
+    device: str = typer.Option("auto"),
+    max_mb: float = typer.Option(20.0, "--max-mb", help="Largest upload in MiB (413 above)."),
+    max_pixels: int = typer.Option(SERVE_MAX_PIXELS, help="Largest image in pixels (422 above)."),
+    threshold: Optional[float] = typer.Option(None, help="Override the checkpoint's decision threshold."),
+    unsure: Optional[str] = typer.Option(None, help="Override the 'unsure' band: 'lo,hi' or 'none'."),
+    draws: int = typer.Option(1, help="Stratified crop draws averaged per image."),
+    mode: Optional[str] = typer.Option(None, help="Crop mode: stratified, grid or random."),
+    log_level: str = typer.Option("info"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
+) -> None:
+    """Serve the model over HTTP: POST /v1/detect, GET /healthz, and an upload page at /."""
+    try:
+        from ..serve import serve as run_serve
+    except ImportError as exc:
+        _fail(f"{exc.name} is missing: pip install 'glassdetect[serve]'")
+    if not (checkpoint / "config.json").is_file():
+        _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
+    try:
+        run_serve(checkpoint, host, port, device=device, threads=threads, concurrency=concurrency,
+                  max_bytes=int(max_mb * 2**20), max_pixels=max_pixels, threshold=threshold,
+                  unsure=False if unsure is None else unsure, draws=draws, mode=mode, log_level=log_level,
+                  access_log=access_log)
+    except ValueError as exc:
+        _fail(str(exc))

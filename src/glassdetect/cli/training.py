@@ -1,0 +1,226 @@
+"""Commands that train: train, tune, final (one declaration of the options they share)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..limits import DEFAULT_MAX_PIXELS
+from ._app import app, console
+from ._app import fail as _fail
+
+# Options that train and tune share: one flag declaration and default each (help can differ per command).
+_TRAIN_OPTIONS: dict[str, tuple] = {
+    "data": (..., "--data"),
+    "arch": ("glass",),
+    "backbone": ("resnet50",),
+    "pretrained": (True, "--pretrained/--no-pretrained"),
+    "weights": (None,),
+    "shared_backbone": (False, "--shared-backbone"),
+    "k": (4, "-k", "--k"),
+    "sampling": ("stratified",),
+    "epochs": (10,),
+    "batch_size": (16,),
+    "freeze": (0,),
+    "label_smoothing": (0.1,),
+    "classes": ("real,fake",),
+    "split": ("0.7,0.15,0.15",),
+    "max_pixels": (DEFAULT_MAX_PIXELS,),
+    "seed": (0,),
+    "workers": (2,),
+    "threads": (0,),
+    "device": ("auto",),
+    "amp": (True, "--amp/--no-amp"),
+    "quiet": (False, "--quiet"),
+}
+_SAME_HELP = {
+    "pretrained": "timm's ImageNet weights (needs a model hub).",
+    "shared_backbone": "One backbone for global and local views.",
+    "quiet": "No progress bars.",
+}
+# Options whose TrainConfig field has another name (and value: see _train_fields).
+_RENAMED = {"classes": "class_names", "split": "split_fractions", "quiet": "progress"}
+
+
+def _train_option(name: str, help: Optional[str] = None) -> Any:
+    """The ``typer.Option`` of training setting ``name`` as train and tune declare it."""
+    default, *decls = _TRAIN_OPTIONS[name]
+    return typer.Option(default, *decls, help=help or _SAME_HELP.get(name))
+
+
+def _train_fields(data: Path, out: Path, classes: str, split: str, quiet: bool, **same: Any) -> dict[str, Any]:
+    """TrainConfig fields from train's / tune's options (``same``: the options named as their field)."""
+    return dict(data=str(data), out=str(out), class_names=tuple(c.strip() for c in classes.split(",")),
+                split_fractions=tuple(float(x) for x in split.split(",")), progress=not quiet, **same)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Path = _train_option("data", "ImageFolder-style tree (real/, fake/), a manifest CSV, or a folder with manifest.csv."),
+    out: Path = typer.Option(..., "--out", help="Run directory: best/, last/, metrics.jsonl, curves.png, split.csv."),
+    arch: str = _train_option("arch", "glass (global + K crops) or standard (resize-only baseline)."),
+    backbone: str = _train_option("backbone", "Any timm model name (paper: resnet50, convnext_tiny, vit_base_patch16_224)."),
+    pretrained: bool = _train_option("pretrained"),
+    weights: Optional[str] = _train_option("weights", "Local weights (.safetensors or .pth, loaded weights-only) or offline:<source>."),
+    shared_backbone: bool = _train_option("shared_backbone"),
+    k: int = _train_option("k", "Local crops per image."),
+    sampling: str = _train_option("sampling", "Crop sampling: stratified, grid or random."),
+    epochs: int = _train_option("epochs"),
+    batch_size: int = _train_option("batch_size"),
+    accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    lr_global: float = typer.Option(1e-5, help="LR of the global backbone (the baseline's backbone)."),
+    lr_local: float = typer.Option(1e-5, help="LR of the local backbone."),
+    lr_head: float = typer.Option(1e-4, help="LR of attention + classifier."),
+    wd_global: float = typer.Option(1e-4),
+    wd_local: float = typer.Option(1e-4),
+    wd_head: float = typer.Option(1e-4),
+    dropout: float = typer.Option(0.1),
+    freeze: int = _train_option("freeze", "Freeze the first N parameter groups of each backbone (1 = stem)."),
+    label_smoothing: float = _train_option("label_smoothing"),
+    classes: str = _train_option("classes", "Class folder names / labels, negative first."),
+    split: str = _train_option("split", "train,val,test fractions for data without splits."),
+    max_pixels: int = _train_option("max_pixels", "Refuse images larger than this many pixels."),
+    augment: str = typer.Option("none", help="Degrade training images before their views: a preset (none; standard = "
+                                "blur σ~U[0,3] p=0.5 + JPEG q~U[30,100] p=0.5, the CNNDetection recipe; strong = standard "
+                                "+ resize, noise, WebP, social) or a spec like 'blur:sigma=0-3,p=0.5+jpeg:q=30-100,p=0.5'. "
+                                "Validation stays clean."),
+    seed: int = _train_option("seed"),
+    workers: int = _train_option("workers", "DataLoader workers (one thread each)."),
+    threads: int = _train_option("threads", "Torch threads in the main process (0 = auto)."),
+    device: str = _train_option("device", "auto, cpu, cuda, cuda:1 ..."),
+    amp: bool = _train_option("amp", "Mixed precision on CUDA."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last with identical state."),
+    config: Optional[Path] = typer.Option(None, help="JSON file of training options (command-line values win when given)."),
+    quiet: bool = _train_option("quiet"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch."),
+) -> None:
+    """Train GLASS or the resize-only baseline.
+
+    Multi-GPU / multi-node: run the same command under ``torchrun --nproc_per_node N --no-python glassdetect train ...``
+    (--batch-size is then the global batch, split evenly over the N processes; see docs/search-and-scale.md).
+    """
+    from ..train import TrainConfig
+    from ..train import train as run_train
+
+    opts = _train_fields(
+        data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, accum=accum,
+        lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
+        wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, max_pixels=max_pixels,
+        augment=augment, seed=seed, workers=workers, threads=threads, device=device, amp=amp, resume=resume,
+        sync_bn=sync_bn,
+    )
+    if config is not None:
+        from_file = json.loads(config.read_text())
+        given = {name for name, src in ((n, ctx.get_parameter_source(n)) for n in ctx.params) if src and src.name == "COMMANDLINE"}
+        # command-line names that differ from the TrainConfig field they set
+        given |= {f for opt, f in _RENAMED.items() if opt in given}
+        opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
+    try:
+        summary = run_train(TrainConfig.from_dict(opts))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    from ..distributed import env_info
+
+    if not env_info().is_main:  # under torchrun only rank 0 reports
+        return
+    console.print(f"best validation accuracy {summary['best_val_accuracy']:.4f} → {out / 'best'}")
+    if summary["bad_images"]:
+        console.print(f"[yellow]{summary['bad_images']} unreadable images skipped[/yellow] (see {out / 'bad_images.csv'})")
+
+
+@app.command()
+def tune(
+    data: Path = _train_option("data", "Tree, manifest CSV or folder with manifest.csv (split as for train)."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", help="Study folder: study.db, trials/NNNN/, trials.csv, best.json, best_config.json."),
+    arch: str = _train_option("arch", "glass or standard."),
+    backbone: str = _train_option("backbone", "Any timm model name."),
+    trials: int = typer.Option(20, help="Trials this worker runs (the study keeps everything already done)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default sqlite:///OUT/study.db); e.g. postgresql://user:pw@host/db to share one study between workers."),
+    study: Optional[str] = typer.Option(None, help="Study name (default glassdetect-ARCH-BACKBONE)."),
+    space: Optional[Path] = typer.Option(None, help="YAML search space merged over the paper's default (see docs/search-and-scale.md)."),
+    worker: int = typer.Option(0, help="Distinct id per parallel worker of one study (enters the sampler seed)."),
+    max_trials: Optional[int] = typer.Option(None, help="Stop once the study has this many complete + pruned trials (all workers)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    pretrained: bool = _train_option("pretrained"),
+    weights: Optional[str] = _train_option("weights", "Local weights or offline:<source>."),
+    shared_backbone: bool = _train_option("shared_backbone"),
+    k: int = _train_option("k", "Crops per image when K is not searched."),
+    sampling: str = _train_option("sampling"),
+    epochs: int = _train_option("epochs", "Epochs per trial (Hyperband's maximum resource)."),
+    batch_size: int = _train_option("batch_size", "Used when batch_size is not searched."),
+    freeze: int = _train_option("freeze"),
+    label_smoothing: float = _train_option("label_smoothing"),
+    classes: str = _train_option("classes"),
+    split: str = _train_option("split", "train,val,test fractions for data without splits (trials share one split)."),
+    max_pixels: int = _train_option("max_pixels"),
+    seed: int = _train_option("seed", "Training seed of every trial (so all share one data split) and the sampler's seed."),
+    workers: int = _train_option("workers", "DataLoader workers."),
+    threads: int = _train_option("threads"),
+    device: str = _train_option("device"),
+    amp: bool = _train_option("amp"),
+    quiet: bool = _train_option("quiet"),
+) -> None:
+    """Hyperparameter search (Optuna TPE + Hyperband pruning on validation accuracy); writes OUT/best_config.json for train --config."""
+    from ..train import TrainConfig
+    from ..tune import SpaceError
+    from ..tune import tune as run_tune
+
+    base = TrainConfig(**_train_fields(
+        data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, freeze=freeze,
+        label_smoothing=label_smoothing, max_pixels=max_pixels, seed=seed, workers=workers, threads=threads,
+        device=device, amp=amp,
+    ))
+    try:
+        res = run_tune(base, out, trials, storage=storage, study_name=study, space=space, worker=worker,
+                       max_trials=max_trials, timeout=timeout)
+    except (SpaceError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items() if n)
+    console.print(f"study {res['study']}: {res['n_trials']} trials ({counts})")
+    if res["best"] is None:
+        _fail("no trial has completed yet", code=1)
+    console.print(f"best: trial {res['best']['number']} val accuracy {res['best']['value']:.4f} → {res['best_config']}")
+
+
+@app.command()
+def final(
+    config: Path = typer.Option(..., "--config", help="JSON training options, e.g. a tune run's best_config.json."),
+    data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv."),
+    out: Path = typer.Option(..., "--out", help="Output: seed-S/ per seed, final.json, final.md."),
+    seeds: str = typer.Option("100,200,300,400,500", help="Comma-separated training seeds."),
+    val_fraction: float = typer.Option(0.1, help="Share of train+val carved out per seed for model selection."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the fixed train/val/test split (default: the config's seed)."),
+    draws: int = typer.Option(1, help="Crop draws averaged per test image."),
+    epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
+    name: Optional[str] = typer.Option(None, help="Row name in final.md (default: arch · backbone · K)."),
+    workers: int = typer.Option(2),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Final runs: train+val merged, several seeds, test-set metrics as mean ± std (final.json, final.md)."""
+    from ..final import SUMMARY_METRICS, run_final
+
+    overrides = dict(workers=workers, threads=threads, device=device, progress=not quiet)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    try:
+        res = run_final(config, data, out, [int(s) for s in seeds.split(",") if s.strip()], val_fraction, split_seed,
+                        draws, overrides, name)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{res['name']} — test (n={res['n_test']}), {len(res['seeds'])} seeds")
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    for m in SUMMARY_METRICS:
+        a = res["aggregate"].get(m)
+        table.add_row(m, "n/a" if a is None else f"{a['mean']:.4f} ± {a['std']:.4f}")
+    Console().print(table)
+    console.print(f"wrote {out / 'final.json'} and {out / 'final.md'}")
