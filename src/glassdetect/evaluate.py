@@ -1,4 +1,4 @@
-"""Evaluation: a checkpoint on a dataset split -> metrics JSON, reliability diagram, per-image CSV.
+"""Evaluation: a checkpoint on a dataset split -> metrics JSON, reliability / ROC / PR plots, per-image CSV.
 
 Crops are deterministic (a function of each image's content), so two evaluations of the same
 checkpoint on the same data give the same numbers. ``draws > 1`` averages the fake probability
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .curves import write_plots
 from .data import Sample, ViewDataset, load_samples, read_split
 from .degrade import parse as parse_degradation
-from .metrics import binary_metrics, bootstrap_auc, per_generator, reliability_plot
+from .metrics import binary_metrics, bootstrap_auc, per_generator
 from .models import load_checkpoint
 from .runtime import configure_threads, infer, make_loader, resolve_device, restores_threads
 
@@ -100,13 +101,14 @@ def evaluate(
     if bootstrap and len(labels):
         ci = bootstrap_auc(prob, labels, [samples[i].group for i in idx], n=bootstrap, seed=seed)
         result["auc_ci95"] = list(ci) if ci else None
+    target_fpr = (meta.get("calibration") or {}).get("target_fpr")
+    if target_fpr is not None:  # the budget the threshold was set for, beside the FPR it reaches here
+        result["target_fpr"] = target_fpr
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        result["plots"] = write_plots(prob, labels, out, cfg.threshold, title=f"{cfg.arch} · {split}")
         out.write_text(json.dumps(result, indent=2))
-        if len(labels):
-            reliability_plot(prob, labels, out.with_suffix(".reliability.png"),
-                             title=f"{cfg.arch} · {split} · ECE {result['ece']:.3f}")
         with open(out.with_suffix(".predictions.csv"), "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "group", "generator", "fake_probability", "spread"])

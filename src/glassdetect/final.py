@@ -23,12 +23,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .data import Sample, assign_splits, check_no_leak, load_samples
+from .metrics import FPR_POINTS, tpr_key
 from .report import aggregate, markdown_table, per_run_table
 
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "ap", "f1", "ece")
-# Per-seed numbers kept in final.json (evaluate() also returns lists and paths).
+# The columns of final.md and of the CLI summary (docs/metrics.md defines every metric).
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "ap", "f1", "f1_weighted", "eer", tpr_key(0.10), "nll",
+                   "ece")
+# Per-seed numbers kept in final.json and aggregated as mean ± std (evaluate() also returns lists and paths).
 KEEP = ("n", "accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
-        "recall", "ece", "conf_correct", "conf_incorrect", "mean_spread", "seconds_per_image")
+        "recall", "precision_weighted", "recall_weighted", "f1_weighted", "threshold", "fpr_at_threshold",
+        "tpr_at_threshold", "eer", *(tpr_key(f) for f in FPR_POINTS), "oracle_accuracy", "nll", "ece", "conf_all",
+        "conf_correct", "conf_incorrect", "mean_spread", "seconds_per_image")
 
 
 def fixed_split(samples: Sequence[Sample], fractions: tuple[float, float, float], split_seed: int) -> list[Sample]:

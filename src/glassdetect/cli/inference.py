@@ -31,7 +31,7 @@ def evaluate(
                                           "'blur:sigma=2+jpeg:q=75', 'resize:f=0.5' or 'social' (deterministic per image)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Evaluate a checkpoint: accuracy, AUC, AP, F1, ECE ... as JSON plus a reliability diagram."""
+    """Evaluate a checkpoint: accuracy, AUC, AP, F1, EER, TPR@FPR, ECE ... as JSON plus reliability, ROC and PR plots."""
     from ..evaluate import evaluate as run_eval
 
     try:
@@ -43,8 +43,9 @@ def evaluate(
     table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']}{degraded})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "f1", "precision",
-                "recall", "ece", "conf_correct", "conf_incorrect"):
+    from ..metrics import REPORT_KEYS
+
+    for key in REPORT_KEYS + (("target_fpr",) if "target_fpr" in res else ()):
         v = res[key]
         table.add_row(key, "n/a" if v is None else f"{v:.4f}")
     Console().print(table)
