@@ -11,8 +11,9 @@ from PIL import Image
 
 from conftest import make_checkpoint, make_image
 from glassdetect.api import Detector, decide, parse_band
-from glassdetect.data import Sample, ViewDataset
-from glassdetect.runtime import infer, make_loader
+from glassdetect.data import Sample
+from glassdetect.pipeline import ViewDataset
+from glassdetect.pipeline import infer, make_loader
 from glassdetect.views import ImageError
 
 

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from conftest import make_checkpoint, make_image
 from glassdetect import views as V
 from glassdetect.cli import app
-from glassdetect.data import Sample, ViewDataset
+from glassdetect.data import Sample
+from glassdetect.pipeline import ViewDataset
 from glassdetect.degrade import AUGMENT_PRESETS, parse
 from glassdetect.evaluate import evaluate
 from glassdetect.sampling import eval_degrade_rng

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from conftest import TREE_N, make_image
+from glassdetect.pipeline import ViewDataset, collate
 from glassdetect.data import (
     Sample,
-    ViewDataset,
     assign_splits,
     check_no_leak,
-    collate,
     load_manifest,
     load_samples,
     load_tree,
@@ -300,8 +299,9 @@ def test_collate_pads_mixed_crop_counts(tmp_path):
         assert torch.equal(batch["global_view"][i], items[i]["global"])
     assert batch["label"].tolist() == [0, 1, 0]
     assert batch["index"].tolist() == [0, 1, 2]
-    assert [p for p, _ in batch["errors"]] == [str(tmp_path / "missing.png")]
-    assert "file not found" in batch["errors"][0][1]
+    assert [(i, p) for i, p, _ in batch["errors"]] == [(3, str(tmp_path / "missing.png"))]
+    assert "file not found" in batch["errors"][0][2]
+    assert [it["index"] for it in batch["items"]] == [0, 1, 2] and batch["row_item"].tolist() == [0, 1, 2]
 
 
 def test_collate_uniform_counts_no_mask_and_edge_cases(tmp_path):
@@ -315,7 +315,7 @@ def test_collate_uniform_counts_no_mask_and_edge_cases(tmp_path):
     assert base["crops"].shape == (3, 0, 3, 224, 224) and base["boxes"].shape == (3, 0, 2)
     assert base["global_view"].shape == (3, 3, 224, 224)
     only_bad = collate([{"index": 0, "error": ("/x.jpg", "broken")}])
-    assert only_bad == {"errors": [("/x.jpg", "broken")]}
+    assert only_bad == {"errors": [(0, "/x.jpg", "broken")], "items": []}
 
 
 def test_dataloader_over_tiny_tree(tiny_tree):
@@ -329,3 +329,23 @@ def test_dataloader_over_tiny_tree(tiny_tree):
         assert batch["crops"].shape[1:] == (2, 3, 224, 224)
         seen += batch["index"].tolist()
     assert seen == list(range(len(samples)))
+
+
+def test_collate_one_row_per_image_and_draw(tmp_path):
+    """Evaluation draws: each image gives ``draws`` rows in a row, with their own crops; labels follow."""
+    for i in range(2):
+        make_image(tmp_path / f"{i}.png", 700, 900, seed=i)
+    samples = [Sample(str(tmp_path / f"{i}.png"), i, str(i), f"{i}.png") for i in range(2)]
+    ds = ViewDataset(samples, ViewSpec(k=2), draws=3)
+    items = [ds[i] for i in range(2)]
+    batch = collate(items)
+    assert batch["crops"].shape == (6, 2, 3, 224, 224)
+    assert batch["index"].tolist() == [0, 0, 0, 1, 1, 1] and batch["draw"].tolist() == [0, 1, 2] * 2
+    assert batch["label"].tolist() == [0, 0, 0, 1, 1, 1] and batch["row_item"].tolist() == [0, 0, 0, 1, 1, 1]
+    for r in range(6):
+        j, d = divmod(r, 3)
+        assert torch.equal(batch["crops"][r], items[j]["crops"][2 * d:2 * d + 2])
+        assert torch.equal(batch["global_view"][r], items[j]["global"])
+    assert not torch.equal(batch["boxes"][0], batch["boxes"][1])  # different draws, different crops
+    # training: one draw, whatever was asked
+    assert ViewDataset(samples, ViewSpec(k=2), train=True, draws=3)[0]["draws"] == 1

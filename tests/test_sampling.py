@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from glassdetect.data import Sample, ViewDataset
+from glassdetect.data import Sample
+from glassdetect.pipeline import ViewDataset
 from glassdetect.sampling import (
     MODES,
     eval_rng,

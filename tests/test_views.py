@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import make_image, sha256
-from glassdetect.data import Sample, ViewDataset, collate
+from glassdetect.data import Sample
+from glassdetect.pipeline import ViewDataset, collate
 from glassdetect.views import ImageError, ViewSpec, build_views, content_id, cut_crops, open_image
 
 GLOBAL_MEAN_TOL, GLOBAL_MAX_TOL = 0.5, 2
@@ -291,7 +292,7 @@ def test_dataset_and_collate_report_bad_files_and_never_touch_them(bad_images_di
             assert batch["global_view"].shape == (len(good), 3, 224, 224)
             assert batch["global_view"].dtype == torch.uint8
             assert batch["label"].tolist() == [samples[i].label for i in good]
-            errors = dict(batch["errors"])
+            errors = {path: reason for _, path, reason in batch["errors"]}
             assert sorted(errors) == sorted(str(d / n) for n in names if not expected[n].ok)
             for n in names:
                 if not expected[n].ok:

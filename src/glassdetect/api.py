@@ -5,19 +5,13 @@
     >>> r = det.predict("photo.jpg")                          # path, bytes, PIL image or numpy array
     >>> r.probability, r.decision, r.crops[0].box, r.crops[0].weight, r.crops[0].score
 
-Everything that turns an image into numbers lives here and is shared by ``glassdetect predict``
-(:mod:`glassdetect.predict`), the HTTP service (:mod:`glassdetect.serve`) and the evidence maps
-(:mod:`glassdetect.explain`):
-
-* :func:`prepare` builds an image's global view plus the crops of every draw. For a file or
-  bytes, draw ``d`` is :func:`glassdetect.views.build_views` (``seed``, ``draw=d``) itself — the
-  views evaluation uses — a function of the image's bytes, so the same image always gets the
-  same crops and the same score. For a PIL image or an array the crop seed is a digest of its
-  decoded pixels instead.
-* :func:`collate_prepared` stacks prepared images (one row per image and draw, padded with a
-  crop mask when crop counts differ, as in ``grid`` mode).
-* :meth:`Detector.run_batch` runs the model once per batch and returns one :class:`Detection`
-  per image.
+The image-to-numbers path is :mod:`glassdetect.pipeline` (``prepare`` → ``ViewDataset`` /
+``collate`` → ``forward``), the one evaluation and training use too: for a file or bytes, draw ``d``
+is :func:`glassdetect.views.build_views` (``seed``, ``draw=d``) — a function of the image's bytes,
+so the same image always gets the same crops and the same score; for a PIL image or an array the
+crop seed is a digest of its decoded pixels. :meth:`Detector.run_batch` turns one batch's outputs
+into one :class:`Detection` per image; ``glassdetect predict`` (:mod:`glassdetect.predict`), the
+HTTP service (:mod:`glassdetect.serve`) and the evidence maps (:mod:`glassdetect.explain`) use it.
 
 Per-crop score
 --------------
@@ -35,18 +29,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .decision import decide, fake_probability, parse_band  # decide, parse_band: also part of this API
 from .explain import CROP_SCORE_DEFINITION, render_evidence  # noqa: F401 - the definition is re-exported
 from .limits import DEFAULT_MAX_PIXELS
 from .models import load_checkpoint, save_checkpoint
 from .models.factory import CONFIG_NAME, WEIGHTS_NAME
-from .runtime import autocast, resolve_device, torch_threads
-from .sampling import MODES, eval_rng, sample_boxes
-from .views import (
-    ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes, resize_global,
-)
+from .pipeline import ViewDataset, collate, forward, prepare  # noqa: F401 - prepare: also part of this API
+from .runtime import resolve_device, torch_threads
+from .sampling import MODES
+from .views import ViewSpec
 
 
 # ------------------------------------------------------------------------------------ results
@@ -96,155 +89,6 @@ class Detection:
     def evidence_map(self) -> Image.Image:
         """The evidence map (needs ``predict(..., explain=True)``); see :mod:`glassdetect.explain`."""
         return render_evidence(self)
-
-
-# ------------------------------------------------------------------------------ preparation
-
-def _pixels_identity(img: Image.Image) -> str:
-    return content_id(f"{img.mode}:{img.size}:".encode() + img.tobytes())
-
-
-def _pil_input(source: Any, spec: ViewSpec, name: str | None) -> tuple[Image.Image, str, str]:
-    """A PIL image or uint8 array -> (RGB image, identity for the crop RNG, display name)."""
-    if isinstance(source, np.ndarray):
-        name = name or "<array>"
-        arr = source
-        if arr.dtype != np.uint8:
-            raise ImageError(name, f"arrays must be uint8 (H, W[, 1|3|4]), got dtype {arr.dtype}")
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-            raise ImageError(name, f"arrays must be (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got {source.shape}")
-        source = Image.fromarray(np.ascontiguousarray(arr))
-    if not isinstance(source, Image.Image):
-        raise TypeError(f"unsupported image input {type(source).__name__}: give a path, bytes, a PIL image or a uint8 array")
-    name = name or "<PIL image>"
-    w, h = source.size
-    if w * h > spec.max_pixels:
-        raise ImageError(name, f"{w}×{h} = {w * h / 1e6:.1f} MP exceeds the pixel limit of {spec.max_pixels / 1e6:.0f} MP")
-    if w < 1 or h < 1:
-        raise ImageError(name, "empty image")
-    try:
-        img = _to_rgb(ImageOps.exif_transpose(source))
-    except (OSError, ValueError) as exc:
-        raise ImageError(name, f"cannot convert: {exc}") from None
-    return img, _pixels_identity(img), name
-
-
-def _thumbnail(img: Image.Image, side: int) -> Image.Image:
-    img = img.copy()
-    img.thumbnail((side, side), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return img
-
-
-def prepare(
-    source: Any,
-    spec: ViewSpec,
-    seed: int = 0,
-    draws: int = 1,
-    thumbnail: int = 0,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """Build the global view and the crops of ``draws`` draws (``grid`` and the baseline: one draw).
-
-    Files and bytes go through :func:`glassdetect.views.build_views` for every draw, exactly as
-    evaluation does, so ``predict`` and ``evaluate`` always see the same views. PIL images and
-    arrays are cut here with the same functions, seeded by their pixels.
-
-    Returns ``global`` (3, S, S) uint8, ``crops`` (D·K, 3, P, P) uint8, ``boxes`` (D·K, 2) as
-    (top, left), ``k`` (crops per draw), ``draws``, ``size`` (H, W), ``name`` and ``thumb``
-    (an RGB PIL image whose longer side is at most ``thumbnail``, or None). Raises
-    :class:`~glassdetect.views.ImageError` for an unusable image.
-    """
-    draws = 1 if (not spec.need_crops or spec.mode == "grid") else max(1, int(draws))
-    thumb = None
-    if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
-        if isinstance(source, (str, Path)):
-            name = name or str(source)
-            data = read_bytes(source)
-        else:
-            data, name = bytes(source), name or "<bytes>"
-        views = [build_views(data, spec, seed=seed, draw=d, name=name) for d in range(draws)]
-        g, (h, w) = views[0].global_view, views[0].size
-        all_crops = [v.crops for v in views]
-        all_boxes = [b for v in views for b in v.boxes]
-        if thumbnail:  # JPEGs decode at a reduced DCT scale here: cheap
-            thumb = _thumbnail(open_image(data, spec.max_pixels, draft_size=thumbnail, name=name), thumbnail)
-    else:
-        img, identity, name = _pil_input(source, spec, name)
-        w, h = img.size
-        g = resize_global(img, spec.global_size, spec.interpolation)
-        all_crops, all_boxes = [], []
-        if spec.need_crops:
-            pixels = np.asarray(img)
-            for d in range(draws):
-                b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid)
-                all_boxes += b
-                all_crops.append(cut_crops(pixels, b, spec.patch))
-        if thumbnail:
-            thumb = _thumbnail(img, thumbnail)
-    k = len(all_boxes) // draws
-    crops = (torch.from_numpy(np.ascontiguousarray(np.concatenate(all_crops))) if all_boxes
-             else torch.zeros((0, 3, spec.patch, spec.patch), dtype=torch.uint8))
-    boxes = torch.tensor(all_boxes, dtype=torch.int64).view(-1, 2)
-    return {"global": torch.from_numpy(np.ascontiguousarray(g)), "crops": crops, "boxes": boxes, "k": k,
-            "draws": draws, "size": (int(h), int(w)), "name": name, "thumb": thumb}
-
-
-def collate_prepared(items: Sequence[dict]) -> dict[str, Any]:
-    """Stack prepared images (and ``{"index", "error"}`` failures) into one model batch.
-
-    Row r of the batch is one (image, draw); ``row_item[r]`` is its position in ``good``.
-    """
-    good = [it for it in items if "error" not in it]
-    batch: dict[str, Any] = {"errors": [(it.get("index"), it["error"]) for it in items if "error" in it], "good": []}
-    if not good:
-        return batch
-    rows_g, rows_c, ks, row_item = [], [], [], []
-    for j, it in enumerate(good):
-        k = it["k"]
-        for d in range(it["draws"]):
-            rows_g.append(it["global"])
-            rows_c.append(it["crops"][d * k:(d + 1) * k])
-            ks.append(k)
-            row_item.append(j)
-    kmax = max(ks)
-    c0 = good[0]["crops"]
-    crops = torch.zeros((len(rows_c), kmax, *c0.shape[1:]), dtype=torch.uint8)
-    mask = torch.zeros((len(rows_c), kmax), dtype=torch.bool)
-    for r, c in enumerate(rows_c):
-        crops[r, : ks[r]] = c
-        mask[r, : ks[r]] = True
-    batch.update(
-        global_view=torch.stack(rows_g),
-        crops=crops,
-        crop_mask=mask if kmax and min(ks) != kmax else None,
-        row_item=torch.tensor(row_item),
-        good=[{key: v for key, v in it.items() if key not in ("global", "crops")} for it in good],
-    )
-    return batch
-
-
-class PreparedDataset(torch.utils.data.Dataset):
-    """Sources -> prepared images for a DataLoader; failures become ``{"index", "error": (name, reason)}``."""
-
-    def __init__(self, sources: Sequence[Any], spec: ViewSpec, seed: int = 0, draws: int = 1, thumbnail: int = 0):
-        self.sources = list(sources)
-        self.spec, self.seed, self.draws, self.thumbnail = spec, seed, draws, thumbnail
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, index: int) -> dict:
-        src = self.sources[index]
-        try:
-            item = prepare(src, self.spec, self.seed, self.draws, self.thumbnail)
-        except ImageError as exc:
-            return {"index": index, "error": (exc.path, exc.reason)}
-        except (TypeError, ValueError, OSError) as exc:  # defensive: never take the whole run down
-            return {"index": index, "error": (str(src), f"cannot use: {exc}")}
-        item["index"] = index
-        return item
 
 
 # ---------------------------------------------------------------------------------- detector
@@ -356,54 +200,42 @@ class Detector:
         with torch_threads(None):  # the caller's torch thread count is the caller's
             item = prepare(image, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0, name)
             item["index"] = 0
-            return self.run_batch(collate_prepared([item]))[0][1]
+            return self.run_batch(collate([item]))[0][1]
 
     def predict_batch(self, images: Iterable[Any], *, batch_size: int = 8, explain: bool = False,
                       draws: int | None = None, mode: str | None = None, thumbnail: int = 768) -> list[Detection]:
         """One :class:`Detection` per image, in order; unusable images get ``error`` set instead of raising."""
         images = list(images)
-        ds = PreparedDataset(images, self.spec(mode), self.seed, draws or self.draws, thumbnail if explain else 0)
+        ds = ViewDataset(images, self.spec(mode), seed=self.seed, draws=draws or self.draws, thumbnail=thumbnail if explain else 0)
         out: list[Detection] = []
         with torch_threads(None):
             for start in range(0, len(images), batch_size):
                 items = [ds[i] for i in range(start, min(start + batch_size, len(images)))]
-                out += [d for _, d in self.run_batch(collate_prepared(items))]
+                out += [d for _, d in self.run_batch(collate(items))]
         return out
 
     @torch.inference_mode()
-    def forward_rows(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Model outputs per row: fake probability (R,), attention (R, K) and crop fake scores (R, K)."""
-        dev = self.device
-        g = batch["global_view"].to(dev, non_blocking=True)
-        c = batch["crops"].to(dev, non_blocking=True)
-        m = batch["crop_mask"]
-        m = None if m is None else m.to(dev, non_blocking=True)
-        with autocast(dev, self.amp):
-            if hasattr(self.model, "crop_scores") and c.shape[1] > 0:
-                logits, weights, crop_logits = self.model.crop_scores(g, c, m)
-            else:
-                logits, weights = self.model(g, c, m)
-                crop_logits = None
+    def scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of a :func:`~glassdetect.pipeline.collate` batch: fake probability (R,), attention
+        (R, K) and each crop's own fake probability (R, K), all at the checkpoint's temperature."""
+        out = forward(self.model, batch, self.device, self.amp, crop_scores=True)
         t = float(getattr(self.cfg, "temperature", 1.0))
-        prob = fake_probability(logits, t).cpu().numpy()
-        attn = weights.float().cpu().numpy()
-        if crop_logits is None:
-            scores = np.zeros_like(attn)
-        else:
-            scores = fake_probability(crop_logits, t).cpu().numpy()
-        return prob, attn, scores
+        attn = out.attention.float().cpu().numpy()
+        crop = np.zeros_like(attn) if out.crop_logits is None else fake_probability(out.crop_logits, t).cpu().numpy()
+        return fake_probability(out.logits, t).cpu().numpy(), attn, crop
 
     def run_batch(self, batch: dict) -> list[tuple[int, Detection]]:
-        """(index, Detection) for every item of a :func:`collate_prepared` batch, failures included, by index."""
+        """(index, Detection) for every item of a :func:`~glassdetect.pipeline.collate` batch, failures
+        included, by index."""
         out: list[tuple[int, Detection]] = []
-        for index, (name, reason) in batch["errors"]:
+        for index, name, reason in batch["errors"]:
             out.append((index, Detection(None, "error", draws=0, spread=None, source=name, error=reason)))
-        if batch["good"]:
+        if batch["items"]:
             with torch_threads(None):
-                prob, attn, scores = self.forward_rows(batch)
+                prob, attn, scores = self.scores(batch)
             row_item = batch["row_item"].numpy()
             patch = self.cfg.patch
-            for j, it in enumerate(batch["good"]):
+            for j, it in enumerate(batch["items"]):
                 rows = np.flatnonzero(row_item == j)
                 p = prob[rows].astype(np.float64)
                 crops = []

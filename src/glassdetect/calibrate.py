@@ -154,11 +154,12 @@ def calibrate(
 def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, threads, seed, progress) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from .data import ViewDataset, load_samples
+    from .data import load_samples
     from .evaluate import select_split
     from .metrics import expected_calibration_error
     from .models import load_checkpoint
-    from .runtime import infer, make_loader, resolve_device, torch_threads
+    from .pipeline import ViewDataset, infer, make_loader
+    from .runtime import resolve_device, torch_threads
 
     dev = resolve_device(device)
     model, _ = load_checkpoint(checkpoint, dev)

@@ -9,6 +9,8 @@ Two inputs are understood:
 * a CSV manifest ``path,label[,group][,generator][,split]`` (paths relative to the CSV), or a
   directory holding ``manifest.csv``.
 
+:func:`load_samples` also reads the layouts other datasets ship in (:mod:`glassdetect.layouts`).
+
 Splits are stratified by label and grouped by source; one group never straddles splits.
 """
 from __future__ import annotations
@@ -104,15 +106,12 @@ def load_manifest(csv_path: str | Path, class_names: Sequence[str] = ("real", "f
 
 
 def load_samples(data: str | Path, class_names: Sequence[str] = ("real", "fake")) -> list[Sample]:
-    """A manifest file, a directory with ``manifest.csv``, or an ImageFolder-style tree."""
-    data = Path(data)
-    if data.is_file():
-        return load_manifest(data, class_names)
-    if (data / MANIFEST_NAME).is_file():
-        return load_manifest(data / MANIFEST_NAME, class_names)
-    if data.is_dir():
-        return load_tree(data, class_names)
-    raise FileNotFoundError(f"data not found: {data}")
+    """A manifest file, a directory with ``manifest.csv``, an ImageFolder-style tree, or any other
+    layout :mod:`glassdetect.layouts` recognises (the paper's Kaggle set, ForenSynths/CNNDetection,
+    GenImage, SPAI and B-Free CSV lists); see docs/datasets.md."""
+    from .layouts import load  # layouts builds on this module's loaders
+
+    return load(data, class_names)
 
 
 def assign_splits(

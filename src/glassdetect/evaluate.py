@@ -18,11 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .curves import write_plots
-from .data import Sample, ViewDataset, load_samples, read_split
+from .data import Sample, load_samples, read_split
 from .degrade import parse as parse_degradation
 from .metrics import binary_metrics, bootstrap_auc, per_generator
 from .models import load_checkpoint
-from .runtime import configure_threads, infer, make_loader, resolve_device, restores_threads
+from .pipeline import ViewDataset, infer, make_loader
+from .runtime import configure_threads, resolve_device, restores_threads
 
 
 def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> tuple[list[Sample], str]:
@@ -75,17 +76,12 @@ def evaluate(
     samples, split = select_split(load_samples(data, cfg.class_names), checkpoint, split)
     draws = max(1, draws) if cfg.arch == "glass" else 1  # the baseline has no random crops
     t0 = time.perf_counter()
-    runs = []
-    bar = tqdm(total=len(samples) * draws, desc="evaluate", unit="img", disable=not progress, leave=False)
-    for d in range(draws):
-        ds = ViewDataset(samples, cfg.view_spec(), train=False, seed=seed, draw=d, degrade=deg)
-        runs.append(infer(model, make_loader(ds, batch_size, workers, device=dev), dev, progress=bar.update))
+    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, leave=False)
+    ds = ViewDataset(samples, cfg.view_spec(), seed=seed, draws=draws, degrade=deg)
+    preds = infer(model, make_loader(ds, batch_size, workers, device=dev), dev, progress=bar.update)
     bar.close()
     seconds = time.perf_counter() - t0
-    idx = runs[0].index
-    probs = np.stack([r.prob_fake for r in runs])  # (draws, N)
-    prob = probs.mean(0)
-    spread = probs.std(0)
+    idx, prob, spread = preds.per_image()
     labels = np.array([samples[i].label for i in idx], dtype=int)
     gens = [samples[i].generator for i in idx]
     result = binary_metrics(prob, labels, cfg.threshold)
@@ -93,7 +89,7 @@ def evaluate(
         split=split, degrade=deg.name, draws=draws, mean_spread=float(spread.mean()) if len(spread) else None,
         max_spread=float(spread.max()) if len(spread) else None, seed=seed,
         checkpoint=str(checkpoint), data=str(data), arch=cfg.arch, backbone=cfg.backbone, k=cfg.k,
-        errors=[{"path": p, "reason": r} for p, r in runs[0].errors],
+        errors=[{"path": p, "reason": r} for p, r in preds.errors],
         seconds=seconds, seconds_per_image=seconds / max(len(samples) * draws, 1), device=str(dev),
     )
     if any(gens):

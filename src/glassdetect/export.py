@@ -29,6 +29,7 @@ from torch import nn
 from . import __version__
 from .decision import scale_logits
 from .fsutil import atomic_path
+from .pipeline import run_model
 
 
 class _GlassGraph(nn.Module):
@@ -38,8 +39,8 @@ class _GlassGraph(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, global_view: torch.Tensor, crops: torch.Tensor):
-        logits, weights, crop_logits = self.model.crop_scores(global_view, crops)
-        return scale_logits(logits, self.temperature), weights, scale_logits(crop_logits, self.temperature)
+        out = run_model(self.model, global_view, crops, crop_scores=True)
+        return scale_logits(out.logits, self.temperature), out.attention, scale_logits(out.crop_logits, self.temperature)
 
 
 class _StandardGraph(nn.Module):
@@ -49,8 +50,8 @@ class _StandardGraph(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, global_view: torch.Tensor):
-        logits, weights = self.model(global_view)
-        return scale_logits(logits, self.temperature), weights
+        out = run_model(self.model, global_view)
+        return scale_logits(out.logits, self.temperature), out.attention
 
 
 def export_onnx(model_or_checkpoint: Any, out: str | Path, opset: int = 17, check: bool = True) -> Path:

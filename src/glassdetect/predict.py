@@ -111,11 +111,10 @@ def predict(
     ``threads``: torch's intra-op threads while a batch is decoded and scored (0: auto); the
     caller's count is back in force whenever a row is handed over, and after the last one.
     """
-    import torch
     from tqdm import tqdm
 
-    from .api import Detector, PreparedDataset, collate_prepared
-    from .data import worker_init
+    from .api import Detector
+    from .pipeline import ViewDataset, make_loader
     from .runtime import resolve_threads, torch_threads
 
     threads = resolve_threads(threads)
@@ -133,13 +132,10 @@ def predict(
         from .explain import ExplainWriter
 
         writer = ExplainWriter(explain_dir, {"checkpoint": str(checkpoint) if not isinstance(checkpoint, Detector) else ""})
-    dataset = PreparedDataset([str(p) for p in paths], det.spec(mode), seed, draws, explain_size if writer else 0)
+    dataset = ViewDataset([str(p) for p in paths], det.spec(mode), seed=seed, draws=draws,
+                          thumbnail=explain_size if writer else 0)
     workers = 0 if len(paths) <= 1 else max(0, int(workers))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=max(1, batch_size), shuffle=False, num_workers=workers, collate_fn=collate_prepared,
-        worker_init_fn=worker_init if workers else None, prefetch_factor=2 if workers else None,
-        pin_memory=det.device.type == "cuda", persistent_workers=False,
-    )
+    loader = make_loader(dataset, batch_size, workers, device=det.device)
     bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr, disable=None if progress is None else not progress,
                leave=False)
     try:

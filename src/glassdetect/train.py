@@ -32,13 +32,14 @@ from . import distributed as ddp
 from .decision import fake_probability
 from .degrade import parse as parse_degradation
 from .data import (
-    ViewDataset, Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
+    Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
 )
 from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint
 from .models.config import check_fields
 from .models.factory import load_weights, WEIGHTS_NAME
-from .runtime import autocast, configure_threads, infer, make_loader, resolve_device, to_device, torch_threads
+from .pipeline import ViewDataset, forward, infer, make_loader
+from .runtime import configure_threads, resolve_device, torch_threads
 from .limits import DEFAULT_MAX_PIXELS
 
 STATE_NAME = "trainer_state.pt"
@@ -395,13 +396,13 @@ def _train_epoch(run: _Run, epoch: int, bad: dict[str, str]) -> tuple[float, int
                leave=False, unit="batch")
     run.optimizer.zero_grad(set_to_none=True)
     for batch in bar:
-        for path, reason in batch["errors"]:
+        for _, path, reason in batch["errors"]:
             bad[path] = reason
-        has_images = "index" in batch
+        has_images = bool(batch["items"])
         if dist.enabled:
             # Every rank must join every gradient all-reduce: a rank whose whole batch failed to
             # decode contributes a zero-weighted pass; the step is skipped only if all ranks are empty.
-            (n_good,) = ddp.all_reduce_sum([len(batch.get("index", []))])
+            (n_good,) = ddp.all_reduce_sum([len(batch["items"])])
             if n_good == 0:
                 continue
         elif not has_images:
@@ -428,10 +429,8 @@ def _train_epoch(run: _Run, epoch: int, bad: dict[str, str]) -> tuple[float, int
 
 def _forward_loss(run: _Run, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(label-smoothed cross-entropy, logits) of one batch, under mixed precision where enabled."""
-    g, c, m = to_device(batch, run.device)
-    with autocast(run.device, run.cfg.amp):
-        logits, _ = run.net(g, c, m)
-        loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
+    logits = forward(run.net, batch, run.device, run.cfg.amp).logits
+    loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
     return loss, logits
 
 

@@ -33,15 +33,15 @@ def _prepare_s(paths: list[Path], spec) -> float:
 
 def _model_s_per_image(det, paths: list[Path], spec, batch_size: int, dev: torch.device) -> float:
     """The model alone on one prepared batch: median of 3 calls after a warm-up, per image."""
-    from ..api import collate_prepared, prepare
+    from ..pipeline import collate, prepare
 
-    batch = collate_prepared([dict(prepare(str(p), spec), index=i) for i, p in enumerate(paths[:batch_size])])
-    det.forward_rows(batch)  # warm-up
+    batch = collate([dict(prepare(str(p), spec), index=i) for i, p in enumerate(paths[:batch_size])])
+    det.scores(batch)  # warm-up
     sync(dev)
     ts = []
     for _ in range(3):
         t0 = time.perf_counter()
-        det.forward_rows(batch)
+        det.scores(batch)
         sync(dev)
         ts.append(time.perf_counter() - t0)
     del batch

@@ -1,4 +1,4 @@
-"""``glassdetect data ...``: build the offline benchmark, audit a dataset."""
+"""``glassdetect data ...``: build the offline benchmark, audit a dataset, inspect a dataset's layout."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,3 +65,28 @@ def data_audit(
     if not report.rows:
         _fail("no readable images")
     raise typer.Exit(1 if strict and report.flags else 0)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data: Path = typer.Argument(..., help="A dataset folder or CSV list, in any layout docs/datasets.md lists."),
+    classes: str = typer.Option("real,fake", help="Class names, comma-separated (label 0 first)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON to FILE."),
+) -> None:
+    """Show what glassdetect reads from DATA before training on it: the layout recognised, the classes,
+    and the image counts per split and per generator. Nothing is written into DATA."""
+    import json
+
+    from ..layouts import inspect, render
+
+    try:
+        summary = inspect(data, tuple(c.strip() for c in classes.split(",") if c.strip()))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    print(render(summary))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}", markup=False, soft_wrap=True, highlight=False)
+    if not summary["n_images"]:
+        _fail("no images found")
