@@ -18,6 +18,7 @@ ROC / PR curves and the reliability diagram are drawn by :mod:`glassdetect.curve
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -97,34 +98,56 @@ def roc_points(prob_fake: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return skm.roc_curve(labels, prob_fake, drop_intermediate=False)
 
 
+@dataclass(frozen=True)
+class Roc:
+    """The operating points of :func:`roc_points`, computed once for the metrics read off them."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+    @classmethod
+    def of(cls, prob_fake: np.ndarray, labels: np.ndarray) -> "Roc":
+        return cls(*roc_points(prob_fake, labels))
+
+    def eer(self) -> float:
+        """See :func:`equal_error_rate`."""
+        fpr, gap = self.fpr, self.fpr - (1.0 - self.tpr)
+        i = int(np.argmax(gap >= -_TOL))  # first point at or past the crossing (gap[-1] = 1)
+        if abs(gap[i]) <= _TOL or i == 0:
+            return float(fpr[i])
+        a = -gap[i - 1] / (gap[i] - gap[i - 1])  # fraction of the segment i-1 -> i before the crossing
+        return float(fpr[i - 1] + a * (fpr[i] - fpr[i - 1]))
+
+    def tpr_at(self, max_fpr: float) -> float:
+        """See :func:`tpr_at_fpr`."""
+        return float(self.tpr[self.fpr <= max_fpr + _TOL].max())
+
+    def oracle(self) -> tuple[float, float]:
+        """See :func:`oracle_accuracy`."""
+        bal = (self.tpr[1:] + 1.0 - self.fpr[1:]) / 2  # point 0 (nothing fake, threshold inf) = 0.5 = the last point
+        i = int(np.argmax(bal))
+        return float(bal[i]), float(self.thresholds[1:][i])
+
+
 def equal_error_rate(prob_fake: np.ndarray, labels: np.ndarray) -> float:
     """The rate at which FPR = FNR (= 1 - TPR) on the ROC curve, the curve being the straight lines
     between consecutive operating points. FPR - FNR grows from -1 to 1 along the curve, so the
     crossing is unique; it lies on the segment where the sign changes."""
-    fpr, tpr, _ = roc_points(prob_fake, labels)
-    gap = fpr - (1.0 - tpr)
-    i = int(np.argmax(gap >= -_TOL))  # first point at or past the crossing (gap[-1] = 1)
-    if abs(gap[i]) <= _TOL or i == 0:
-        return float(fpr[i])
-    a = -gap[i - 1] / (gap[i] - gap[i - 1])  # fraction of the segment i-1 -> i before the crossing
-    return float(fpr[i - 1] + a * (fpr[i] - fpr[i - 1]))
+    return Roc.of(prob_fake, labels).eer()
 
 
 def tpr_at_fpr(prob_fake: np.ndarray, labels: np.ndarray, max_fpr: float) -> float:
     """The highest TPR of a threshold whose FPR is at most ``max_fpr``: an operating point a single
     threshold really reaches (no interpolation between points, so tied scores are never split)."""
-    fpr, tpr, _ = roc_points(prob_fake, labels)
-    return float(tpr[fpr <= max_fpr + _TOL].max())
+    return Roc.of(prob_fake, labels).tpr_at(max_fpr)
 
 
 def oracle_accuracy(prob_fake: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(best balanced accuracy over all thresholds, the highest threshold that reaches it): the
     accuracy of an oracle that picks the threshold on the test data itself (UnivFD's "oracle
     threshold"). Balanced accuracy ``(TPR + TNR) / 2`` at threshold ``t`` means fake when ``p >= t``."""
-    fpr, tpr, thr = roc_points(prob_fake, labels)
-    bal = (tpr[1:] + 1.0 - fpr[1:]) / 2  # point 0 (nothing fake, threshold inf) = 0.5 = the last point
-    i = int(np.argmax(bal))
-    return float(bal[i]), float(thr[1:][i])
+    return Roc.of(prob_fake, labels).oracle()
 
 
 def negative_log_likelihood(prob_fake: np.ndarray, labels: np.ndarray) -> float:
@@ -143,11 +166,12 @@ def ranking_metrics(prob_fake: np.ndarray, labels: np.ndarray) -> dict[str, floa
     keys = ["auc", "ap", "eer", *(tpr_key(f) for f in FPR_POINTS), "oracle_accuracy", "oracle_threshold"]
     if len(np.unique(labels)) < 2:
         return {k: float("nan") for k in keys}
-    oracle, oracle_t = oracle_accuracy(prob_fake, labels)
-    out = {"auc": float(skm.roc_auc_score(labels, prob_fake)),
+    roc = Roc.of(prob_fake, labels)
+    oracle, oracle_t = roc.oracle()
+    out = {"auc": float(skm.auc(roc.fpr, roc.tpr)),  # = roc_auc_score: the trapezoids of the same curve
            "ap": float(skm.average_precision_score(labels, prob_fake)),
-           "eer": equal_error_rate(prob_fake, labels)}
-    out.update({tpr_key(f): tpr_at_fpr(prob_fake, labels, f) for f in FPR_POINTS})
+           "eer": roc.eer()}
+    out.update({tpr_key(f): roc.tpr_at(f) for f in FPR_POINTS})
     out.update(oracle_accuracy=oracle, oracle_threshold=oracle_t)
     return out
 
