@@ -149,6 +149,22 @@ def test_forensynths_pointing_below_the_split_folder(tmp_path):
         (0, "", "biggan", "biggan/a"), (1, "", "biggan", "biggan/a"), (1, "", "gaugan", "gaugan/a")]
 
 
+def test_wildrf_platforms_under_test(tmp_path):
+    root = tmp_path / "WildRF"  # train/val hold 0_real/1_fake directly; test is split by platform
+    for split in ("train", "val"):
+        _img(root / split / "0_real" / "a.jpg")
+        _img(root / split / "1_fake" / "b.png")
+    for platform in ("reddit", "twitter"):
+        _img(root / "test" / platform / "0_real" / "a.jpg")
+        _img(root / "test" / platform / "1_fake" / "a.png")
+    assert detect_layout(root).name == "forensynths"
+    got = sorted((s.split, s.generator, s.label, s.group) for s in load_samples(root))
+    assert got == [("test", "reddit", 0, "test/reddit/a"), ("test", "reddit", 1, "test/reddit/a"),
+                   ("test", "twitter", 0, "test/twitter/a"), ("test", "twitter", 1, "test/twitter/a"),
+                   ("train", "", 0, "train/a"), ("train", "", 1, "train/b"),
+                   ("val", "", 0, "val/a"), ("val", "", 1, "val/b")]
+
+
 def test_foreign_layouts_need_two_classes(tmp_path):
     root = make_forensynths(tmp_path / "fs")
     with pytest.raises(ValueError, match="two classes"):
