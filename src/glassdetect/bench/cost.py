@@ -14,13 +14,23 @@ gradients and temporaries):
 
 * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before (tensors only; the caching allocator's reserve is not counted).
-  The absolute peak (weights and optimizer state included) is reported as ``*_peak_total_mb``.
 * CPU: the process's resident set size (``/proc/self/statm``) sampled every 0.5 ms by a
   background thread while the phase runs, minus the RSS just before; freed heap is returned to
   the OS first (``malloc_trim``) so earlier, larger runs do not hide the growth. Sampling can
   miss a peak that lasts less than the interval and RSS counts pages, not tensors, so treat
   CPU numbers as a good approximation (usually within a few MB), not an exact figure. Linux
   only; elsewhere the CPU memory columns are ``null``.
+
+The *absolute* peak of each phase is reported too, as ``*_peak_total_mb`` — the figure a paper's
+"peak memory" usually means: on CUDA ``max_memory_allocated()`` itself (weights, gradients,
+optimizer state, inputs and activations); on the CPU the peak RSS of the whole process during
+the phase (this also counts the interpreter, torch's libraries and anything the process held
+before — ``process_rss_start_mb``, the RSS when the study started, is recorded so it can be
+subtracted). The paper's cost figure is at batch 32 (``--batch 32``); the default stays 8.
+
+With ``accuracy`` (``--data D --epochs E`` on the command line) GLASS is also trained at every K
+on D and the best epoch's validation accuracy and AUC are added per K (``cost.json["accuracy"]``
+and a fourth panel in the plot): see :mod:`glassdetect.bench.cost_accuracy`.
 
 Times are medians over ``steps`` measured repetitions after ``warmup`` unmeasured ones (CUDA is
 synchronised around each). Lines ``y = intercept + slope · K`` are fitted by least squares:
@@ -37,13 +47,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .common import sync as _sync
+
+if TYPE_CHECKING:
+    from .cost_accuracy import AccuracyConfig
 
 MB = 1024 * 1024
 
@@ -213,7 +226,8 @@ def _row(phases: dict[str, Phase], batch: int) -> dict:
     }
 
 
-FIT_KEYS = ("train_peak_mb", "train_step_s", "infer_s_per_image", "infer_peak_mb")
+FIT_KEYS = ("train_peak_mb", "train_step_s", "infer_s_per_image", "infer_peak_mb", "train_peak_total_mb",
+            "infer_peak_total_mb")
 
 
 def _header(backbone: str, dev: torch.device, batch: int, steps: int, warmup: int, patch: int, global_size: int,
@@ -249,11 +263,16 @@ def measure_cost(
     seed: int = 0,
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    accuracy: "AccuracyConfig | None" = None,
 ) -> dict:
-    """Measure GLASS at every K in ``crops`` and the baseline once; write ``cost.json``/``cost.png`` to ``out``."""
+    """Measure GLASS at every K in ``crops`` and the baseline once; write ``cost.json``/``cost.png`` to ``out``.
+
+    ``accuracy``: also train GLASS at every K (:func:`glassdetect.bench.cost_accuracy.accuracy_vs_k`)
+    and add the validation accuracy/AUC per K."""
     from ..models import ModelConfig, create_model
     from ..runtime import configure_threads, resolve_device
 
+    rss_start = _rss()
     dev = resolve_device(device)
     configure_threads(threads)
     torch.manual_seed(seed)
@@ -264,6 +283,7 @@ def measure_cost(
     labels = (torch.arange(batch) % 2).to(dev)
     say = progress or (lambda _msg: None)
     result = _header(backbone, dev, batch, steps, warmup, patch, global_size, shared_backbone, amp, crops)
+    result["process_rss_start_mb"] = _mb(rss_start)
 
     def build(arch: str) -> nn.Module:
         cfg = ModelConfig(arch=arch, backbone=backbone, k=kmax, patch=patch, global_size=global_size,
@@ -294,6 +314,10 @@ def measure_cost(
     ks = [r["k"] for r in result["glass"]]
     for key in FIT_KEYS:
         result["fits"][key] = line_fit(ks, [r[key] for r in result["glass"]])
+    if accuracy is not None:
+        from .cost_accuracy import accuracy_vs_k
+
+        result["accuracy"] = accuracy_vs_k(accuracy, crops, progress=say)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -325,33 +349,58 @@ def _device_name(dev: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+PLOT_PANELS = (("train_peak_mb", "training step: peak memory above start (MB)"),
+               ("train_peak_total_mb", "training step: absolute peak memory (MB)"),
+               ("train_step_s", "training step: time (s)"),
+               ("infer_s_per_image", "inference: time per image (s)"))
+
+
+def _plot_panel(ax, result: dict, key: str, title: str) -> None:
+    """One measured quantity against K: the points, the fitted line, the baseline as a dashed level."""
+    ks = np.array([r["k"] for r in result["glass"]], dtype=float)
+    ys = [r.get(key) for r in result["glass"]]
+    if any(y is not None for y in ys):
+        ax.plot(ks, [np.nan if y is None else y for y in ys], "o", label="GLASS")
+    fit = result["fits"].get(key)
+    if fit:
+        xs = np.linspace(0, ks.max(), 50)
+        ax.plot(xs, fit["intercept"] + fit["slope"] * xs, "-", alpha=0.7,
+                label=f"{fit['intercept']:.3g} + {fit['slope']:.3g}·K (R² {fit['r2']:.3f})")
+    base = (result.get("standard") or {}).get(key)
+    if base is not None:
+        ax.axhline(base, color="grey", linestyle="--", label="baseline (resize only)")
+    ax.set_xlabel("K (crops per image)")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+
+
+def _plot_accuracy(ax, acc: dict) -> None:
+    """Validation accuracy and AUC of GLASS trained at each K."""
+    ks = [r["k"] for r in acc["rows"]]
+    for key, style, label in (("val_accuracy", "o-", "val accuracy"), ("val_auc", "s--", "val AUC")):
+        ax.plot(ks, [np.nan if r[key] is None else r[key] for r in acc["rows"]], style, label=label)
+    ax.set_xlabel("K (crops per image)")
+    ax.set_title(f"trained {acc['settings']['epochs']} epochs: validation", fontsize=10)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+
+
 def plot_cost(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train_peak_mb", "training step: peak memory (MB)"), ("train_step_s", "training step: time (s)"),
-              ("infer_s_per_image", "inference: time per image (s)")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    ks = np.array([r["k"] for r in result["glass"]], dtype=float)
-    for ax, (key, title) in zip(axes, panels):
-        ys = [r[key] for r in result["glass"]]
-        if any(y is not None for y in ys):
-            ax.plot(ks, [np.nan if y is None else y for y in ys], "o", label="GLASS")
-        fit = result["fits"].get(key)
-        if fit:
-            xs = np.linspace(0, ks.max(), 50)
-            ax.plot(xs, fit["intercept"] + fit["slope"] * xs, "-", alpha=0.7,
-                    label=f"{fit['intercept']:.3g} + {fit['slope']:.3g}·K (R² {fit['r2']:.3f})")
-        base = (result.get("standard") or {}).get(key)
-        if base is not None:
-            ax.axhline(base, color="grey", linestyle="--", label="baseline (resize only)")
-        ax.set_xlabel("K (crops per image)")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
+    acc = result.get("accuracy")
+    n = len(PLOT_PANELS) + (1 if acc else 0)
+    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 3.8))
+    for ax, (key, title) in zip(axes, PLOT_PANELS):
+        _plot_panel(ax, result, key, title)
+    if acc:
+        _plot_accuracy(axes[-1], acc)
     fig.suptitle(f"{result['backbone']} on {result['device']} ({result['device_name']}), batch {result['batch']}",
                  fontsize=10)
     fig.tight_layout()

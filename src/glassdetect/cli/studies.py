@@ -18,7 +18,7 @@ def cost(
     backbone: str = typer.Option("resnet50", help="Any timm model name (random weights: cost does not depend on them)."),
     crops: Optional[str] = typer.Option(None, help="K values: 1-16, 1,2,4,8 ... (default 1-16; --quick: 1,2,4)."),
     device: str = typer.Option("auto"),
-    batch: Optional[int] = typer.Option(None, help="Images per step (default 8; --quick: 2)."),
+    batch: Optional[int] = typer.Option(None, help="Images per step (default 8; --quick: 2). The paper's cost figure is at --batch 32."),
     steps: Optional[int] = typer.Option(None, help="Measured repetitions (median; default 5, --quick: 2)."),
     warmup: Optional[int] = typer.Option(None, help="Unmeasured repetitions first (default 2, --quick: 1)."),
     shared_backbone: bool = typer.Option(False, "--shared-backbone"),
@@ -27,31 +27,64 @@ def cost(
     threads: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/cost"), "--out", help="cost.json and cost.png."),
     quick: bool = typer.Option(False, "--quick", help="Small defaults for a fast look (or a test)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Also train GLASS at each K on this data and report validation accuracy/AUC per K."),
+    epochs: int = typer.Option(3, help="With --data: training epochs at each K."),
+    weights: Optional[str] = typer.Option(None, help="With --data: the backbone's starting weights (e.g. offline:efficientnet_lite0.pypi_in1k; default random)."),
+    train_batch: Optional[int] = typer.Option(None, help="With --data: training batch (default: --batch)."),
+    freeze: int = typer.Option(0, help="With --data: leading parameter groups of each backbone kept frozen."),
+    workers: int = typer.Option(1, help="With --data: data-loading worker processes."),
 ) -> None:
-    """Peak memory and time per training step / inference image against K, with line fits, next to the baseline."""
+    """Peak memory (above the start and absolute) and time per training step / inference image against K,
+    with line fits, next to the baseline; with --data also validation accuracy against K."""
     from ..bench.cost import measure_cost, parse_crops
+    from ..bench.cost_accuracy import AccuracyConfig
 
     try:
         ks = parse_crops(crops or ("1,2,4" if quick else "1-16"))
     except ValueError as exc:
         _fail(str(exc))
-    res = measure_cost(backbone, ks, device=device, batch=batch or (2 if quick else 8), steps=steps or (2 if quick else 5),
-                       warmup=warmup if warmup is not None else (1 if quick else 2), patch=patch,
-                       shared_backbone=shared_backbone, amp=amp, threads=threads, out=out,
-                       progress=lambda m: console.print(f"measuring {m}"))
-    table = Table(title=f"{backbone} on {res['device']} (batch {res['batch']})")
-    for col in ("K", "train step (s)", "train peak (MB)", "infer (s/img)", "infer peak (MB)"):
-        table.add_column(col, justify="right")
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    rows = [("baseline", res["standard"])] + [(str(r["k"]), r) for r in res["glass"]]
-    for name, r in rows:
-        table.add_row(name, fmt(r["train_step_s"], ".4f"), fmt(r["train_peak_mb"], ".1f"),
-                      fmt(r["infer_s_per_image"], ".5f"), fmt(r["infer_peak_mb"], ".1f"))
-    Console().print(table)
+    batch = batch or (2 if quick else 8)
+    accuracy = None
+    if data is not None:
+        if not data.exists():
+            _fail(f"--data {data}: not found")
+        accuracy = AccuracyConfig(data=str(data), out=str(out), backbone=backbone, weights=weights or None,
+                                  epochs=epochs, batch_size=train_batch or batch, patch=patch,
+                                  shared_backbone=shared_backbone, freeze=freeze, workers=workers, threads=threads,
+                                  device=device)
+    try:
+        res = measure_cost(backbone, ks, device=device, batch=batch, steps=steps or (2 if quick else 5),
+                           warmup=warmup if warmup is not None else (1 if quick else 2), patch=patch,
+                           shared_backbone=shared_backbone, amp=amp, threads=threads, out=out,
+                           progress=lambda m: console.print(f"measuring {m}"), accuracy=accuracy)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    Console().print(_cost_table(res))
     for key, fit in res["fits"].items():
         if fit:
             console.print(f"{key}: {fit['intercept']:.4g} + {fit['slope']:.4g}·K  (R² {fit['r2']:.3f})")
     console.print(f"wrote {out / 'cost.json'} and {out / 'cost.png'}")
+
+
+def _cost_table(res: dict) -> Table:
+    """One row per K (and the baseline): time, peak memory above the start and absolute; validation metrics with --data."""
+    table = Table(title=f"{res['backbone']} on {res['device']} (batch {res['batch']})")
+    cols = ["K", "train step (s)", "train peak (MB)", "train peak abs (MB)", "infer (s/img)", "infer peak (MB)",
+            "infer peak abs (MB)"]
+    acc = {r["k"]: r for r in (res.get("accuracy") or {}).get("rows", [])}
+    if acc:
+        cols += ["val acc", "val AUC"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    rows = [("baseline", res["standard"], None)] + [(str(r["k"]), r, acc.get(r["k"])) for r in res["glass"]]
+    for name, r, a in rows:
+        cells = [name, fmt(r["train_step_s"], ".4f"), fmt(r["train_peak_mb"], ".1f"), fmt(r["train_peak_total_mb"], ".1f"),
+                 fmt(r["infer_s_per_image"], ".5f"), fmt(r["infer_peak_mb"], ".1f"), fmt(r["infer_peak_total_mb"], ".1f")]
+        if acc:
+            cells += [fmt(a and a["val_accuracy"], ".3f"), fmt(a and a["val_auc"], ".3f")]
+        table.add_row(*cells)
+    return table
 
 
 @app.command()
@@ -108,3 +141,59 @@ def bench(
         md.write_text(text + "\n")
     print(text)
     console.print(f"bench finished in {res['elapsed_s']:.0f} s")
+
+
+@app.command()
+def crossgen(
+    data: Path = typer.Option(..., "--data", help="Manifest or folder with generator names (e.g. the offline benchmark)."),
+    train_on: Optional[list[str]] = typer.Option(None, "--train-on", help="Generators to train on, comma-separated: one table row; repeat for more rows."),
+    top: int = typer.Option(0, "--top", help="Add a row for each of the N generators with the most training fakes (ties by name)."),
+    arch: str = typer.Option("both", "--arch", help="glass, baseline or both."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds (mean ± std over them)."),
+    reals: str = typer.Option("paired", help="Training/validation reals: paired (each fake's partner) or all (every real of the split)."),
+    out: Path = typer.Option(Path("runs/crossgen"), "--out", help="runs/<row>/<arch>/seed<N>/ (cached), results.json, results.md."),
+    backbone: str = typer.Option("efficientnet_lite0"),
+    weights: Optional[str] = typer.Option("offline:efficientnet_lite0.pypi_in1k", help="Backbone weights ('' or none: --pretrained decides)."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="timm's pretrained weights when --weights is empty."),
+    k: int = typer.Option(4, "-k", "--k"),
+    epochs: int = typer.Option(7),
+    batch: int = typer.Option(8),
+    freeze: int = typer.Option(2, help="Leading parameter groups of each backbone kept frozen."),
+    workers: int = typer.Option(1),
+    threads: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Cross-generator protocol: train on the named generators, test on every generator; train × test AUC table."""
+    import shlex
+    import sys
+
+    from ..crossgen import (
+        CrossgenConfig,
+        command_line,
+        load_split,
+        parse_archs,
+        parse_rows,
+        top_generators,
+    )
+    from ..crossgen import (
+        crossgen as run_crossgen,
+    )
+
+    try:
+        rows = parse_rows(train_on or [])
+        if top > 0:
+            rows += [r for r in parse_rows(top_generators(load_split(data), top)) if r not in rows]
+        cfg = CrossgenConfig(
+            data=str(data), out=str(out), train_on=tuple(rows), archs=parse_archs(arch),
+            seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), reals=reals, backbone=backbone,
+            weights=None if (weights or "").lower() in ("", "none") else weights, pretrained=pretrained, k=k,
+            epochs=epochs, batch_size=batch, freeze=freeze, workers=workers, threads=threads, device=device,
+        )
+        # the command as typed when run from a shell; else (a test runner) the equivalent one spelled out
+        cfg.command = ("glassdetect " + shlex.join(sys.argv[sys.argv.index("crossgen"):])
+                       if "crossgen" in sys.argv else command_line(cfg))
+        res = run_crossgen(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    print((out / "results.md").read_text())
+    console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {res['seconds'] / 60:.1f} min")
