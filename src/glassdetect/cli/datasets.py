@@ -30,7 +30,7 @@ def build_offline_bench(
 
 @data_app.command("audit")
 def data_audit(
-    data: Path = typer.Argument(..., help="Tree, manifest CSV or folder with manifest.csv."),
+    data: Path = typer.Argument(..., help="Dataset folder or CSV list, in any layout docs/datasets.md lists."),
     split: Optional[str] = typer.Option(None, help="train, val, test or all (default: all; every split is also summarised on its own)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report JSON; FILE.md (the table) and FILE.csv (per image) are written beside it."),
     threshold: float = typer.Option(0.65, help="Flag a property whose AUC alone, max(AUC, 1 - AUC), reaches this."),
