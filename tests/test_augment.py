@@ -94,7 +94,7 @@ def test_evaluation_degradation_is_a_function_of_content_name_and_draw(jpg, tmp_
 
 
 def test_failing_degradation_is_a_bad_image_not_a_crash(jpg, monkeypatch):
-    import glassdetect.degrade as D
+    import glassdetect.imageops as D
 
     monkeypatch.setattr(D, "WEBP_MAX_SIDE", 100)
     with pytest.raises(V.ImageError, match="cannot apply degradation webp:q=80"):
