@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from glassdetect import degrade as D
+from glassdetect import degrade as D, imageops
 from glassdetect.degrade import AUGMENT_PRESETS, SWEEP_PRESETS, Op, parse, sweep
 
 from conftest import photo_array
@@ -159,13 +159,13 @@ def test_output_uint8_contiguous_and_input_never_modified(img):
 
 def test_jpeg_quality_and_subsampling_read_back_from_the_file(img, monkeypatch):
     written = []
-    real = D._decode_bytes
+    real = imageops._decode_bytes
 
     def spy(data, fmt):
         written.append(data)
         return real(data, fmt)
 
-    monkeypatch.setattr(D, "_decode_bytes", spy)
+    monkeypatch.setattr(imageops, "_decode_bytes", spy)
     for q, sub, code in [(95, "420", 2), (75, "422", 1), (50, "444", 0), (30, "420", 2), (10, "420", 2)]:
         spec = f"jpeg:q={q}" + ("" if sub == "420" else f",sub={sub}")
         out = parse(spec)(img, np.random.default_rng(0))
