@@ -22,12 +22,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from .degrade import Degradation, parse as parse_degradation
-from .sampling import train_degrade_rng, train_rng
-from .views import ImageError, ViewSpec, build_views
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 SPLITS = ("train", "val", "test")
@@ -174,85 +168,3 @@ def read_split(path: str | Path) -> dict[str, str]:
     """Absolute path -> split, from a file written by :func:`write_split`."""
     with open(path, newline="", encoding="utf-8") as fh:
         return {row["path"]: row["split"] for row in csv.DictReader(fh)}
-
-
-class ViewDataset(Dataset):
-    """Samples -> views. Training draws fresh crops per (seed, epoch, index); evaluation derives
-    them from the image's content (plus seed and draw), so the same image always gets the same crops.
-
-    A bad image yields ``{"error": ...}`` instead of raising; :func:`collate` drops and reports it.
-
-    ``degrade`` (a :class:`~glassdetect.degrade.Degradation` or a spec/preset string) is applied to
-    each whole image before its views are built: in training with a generator of (seed, epoch,
-    index) independent of the crops' (:func:`~glassdetect.sampling.train_degrade_rng`), in
-    evaluation with one of the image's content, the degradation and the draw.
-    """
-
-    def __init__(self, samples: Sequence[Sample], spec: ViewSpec, train: bool = False, seed: int = 0, draw: int = 0,
-                 degrade: Degradation | str | None = None):
-        self.samples = list(samples)
-        self.spec = spec
-        self.train = train
-        self.seed = seed
-        self.draw = draw
-        self.epoch = 0
-        deg = parse_degradation(degrade)
-        self.degrade: Degradation | None = None if deg.is_identity else deg
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict:
-        s = self.samples[index]
-        # Training: fresh crops per (seed, epoch, index). Evaluation: crops from the image's content.
-        rng = train_rng(self.seed, self.epoch, index) if self.train else None
-        deg_rng = train_degrade_rng(self.seed, self.epoch, index) if self.train and self.degrade is not None else None
-        try:
-            v = build_views(s.path, self.spec, rng, seed=self.seed, draw=self.draw, degrade=self.degrade,
-                            degrade_rng=deg_rng)
-        except ImageError as exc:
-            return {"index": index, "error": (exc.path, exc.reason)}
-        return {
-            "index": index,
-            "global": torch.from_numpy(v.global_view),
-            "crops": torch.from_numpy(v.crops),
-            "boxes": torch.tensor(v.boxes, dtype=torch.int64).view(-1, 2),
-            "label": s.label,
-        }
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack good items; bad ones are reported under ``errors`` as (path, reason).
-
-    Items with different crop counts (``grid`` mode) are padded with a ``crop_mask``.
-    """
-    good = [it for it in items if "error" not in it]
-    batch: dict = {"errors": [it["error"] for it in items if "error" in it]}
-    if not good:
-        return batch
-    ks = [it["crops"].shape[0] for it in good]
-    kmax = max(ks)
-    crops = torch.zeros((len(good), kmax, *good[0]["crops"].shape[1:]), dtype=torch.uint8)
-    mask = torch.zeros((len(good), kmax), dtype=torch.bool)
-    boxes = torch.zeros((len(good), kmax, 2), dtype=torch.int64)
-    for i, it in enumerate(good):
-        crops[i, : ks[i]] = it["crops"]
-        mask[i, : ks[i]] = True
-        boxes[i, : ks[i]] = it["boxes"]
-    batch.update(
-        index=torch.tensor([it["index"] for it in good]),
-        global_view=torch.stack([it["global"] for it in good]),
-        crops=crops,
-        crop_mask=mask if min(ks) != kmax else None,
-        boxes=boxes,
-        label=torch.tensor([it["label"] for it in good]),
-    )
-    return batch
-
-
-def worker_init(_: int) -> None:
-    """One intra-op thread per DataLoader worker: decoding parallelises across workers."""
-    torch.set_num_threads(1)
