@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import IMAGE_SUFFIXES, MANIFEST_NAME, SPLITS, Sample, check_no_leak, load_manifest, load_tree
+from .samples import IMAGE_SUFFIXES, MANIFEST_NAME, SPLITS, Sample, check_no_leak, load_manifest, load_tree
 
 DEFAULT_CLASSES = ("real", "fake")
 FORENSYNTHS_CLASSES = ("0_real", "1_fake")
