@@ -61,27 +61,20 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
 from .fsutil import write_text_atomic
-from .report import aggregate, format_mean_std
+from .report import aggregate
+from .robustness_report import _slug, markdown, plot  # noqa: F401 - markdown, plot: part of this module's API
 
 METRICS = ("auc", "accuracy", "real_accuracy", "fake_accuracy", "n")
 # Per-run numbers kept from evaluate()'s result in robustness.json.
 KEEP = ("n", "auc", "accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "ap", "ece")
 # The strength parameter of each one-step kind (resize: "f", or "long" when the spec gives a long side).
 STRENGTH_KEY = {"jpeg": "q", "webp": "q", "blur": "sigma", "noise": "sigma", "resize": "f"}
-# Where each curve's "no degradation" end lies on its strength axis (the clean point is drawn there);
-# JPEG/WebP q=100 is not lossless, but it is the mildest setting. resize:long=N has no such end.
-CLEAN_STRENGTH = {("jpeg", "q"): 100.0, ("webp", "q"): 100.0, ("blur", "sigma"): 0.0, ("noise", "sigma"): 0.0,
-                  ("resize", "f"): 1.0}
-AXIS_LABEL = {("jpeg", "q"): "JPEG quality", ("webp", "q"): "WebP quality", ("blur", "sigma"): "Gaussian blur σ (px)",
-              ("noise", "sigma"): "Gaussian noise σ (grey levels)", ("resize", "f"): "resize factor (not resized back)",
-              ("resize", "long"): "long side after downscaling (px)"}
 CACHE_FORMAT = 1
 
 
@@ -147,11 +140,6 @@ def group_checkpoints(checkpoints: Sequence[str | Path] | Mapping[str, Sequence[
     if not groups:
         raise ValueError("no checkpoints given")
     return groups
-
-
-def _slug(text: str, limit: int = 60) -> str:
-    s = re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("._")
-    return s[:limit] or "x"
 
 
 def checkpoint_id(ckpt: str | Path) -> str:
@@ -242,6 +230,59 @@ def _curve(point) -> dict:
     return {"curve": name, "kind": op.kind, "axis": axis}
 
 
+def _evaluate_checkpoint(ckpt: Path, data, split, points, cache: Path, opts: dict, counts: dict,
+                         say: Callable[[str], None]) -> dict:
+    """One checkpoint at every sweep point, from the cache where it holds a matching result."""
+    from . import evaluate as ev  # module attribute: tests may replace ev.evaluate
+    from .degrade import IDENTITY
+
+    cid = checkpoint_id(ckpt)
+    split_name, fingerprint = _data_fingerprint(ckpt, data, split)
+    per_point: dict[str, dict] = {}
+    for p in points:
+        # Every identity (clean, blur:sigma=0, resize:f=1 ...) is the clean evaluation: one cache entry.
+        name = IDENTITY.name if p.degradation.is_identity else p.degradation.name
+        if name in per_point:
+            per_point[p.degradation.name] = per_point[name]
+            continue
+        key = {"format": CACHE_FORMAT, "version": __version__, "checkpoint": str(ckpt.resolve()),
+               "checkpoint_id": cid, "degrade": name, "data": str(Path(data).resolve()),
+               "data_fingerprint": fingerprint, "split": split_name, "draws": opts["draws"], "seed": opts["seed"]}
+        path = cache / cid / f"{degradation_slug(name)}.json"
+        res = _read_cache(path, key)
+        if res is None:
+            say(f"evaluate {ckpt} · {p.label}")
+            res = ev.evaluate(ckpt, data, split=split_name, degrade=None if name == IDENTITY.name else name, **opts)
+            _write_json(path, {"key": key, "result": res})
+            counts["computed"] += 1
+        else:
+            counts["cached"] += 1
+        per_point[name] = per_point[p.degradation.name] = res
+    return {"id": cid, "split": split_name, "points": per_point}
+
+
+def _model_entry(members: Sequence[Path], runs: Mapping[Path, dict], points) -> dict:
+    """One model's seeds: the per-checkpoint numbers kept and their mean ± std per sweep point."""
+    model_runs = []
+    for ckpt in members:
+        cfg = _read_model_config(ckpt)
+        model_runs.append({
+            "checkpoint": str(ckpt), "id": runs[ckpt]["id"], "arch": cfg.get("arch"),
+            "backbone": cfg.get("backbone"), "threshold": cfg.get("threshold", 0.5),
+            "points": {name: {k: r.get(k) for k in KEEP} for name, r in runs[ckpt]["points"].items()},
+        })
+    return {
+        "checkpoints": [str(c) for c in members],
+        "seeds": len(members),
+        "arch": sorted({str(r["arch"]) for r in model_runs}),
+        "backbone": sorted({str(r["backbone"]) for r in model_runs}),
+        "points": {p.degradation.name: {m: v for m, v in aggregate(
+            [r["points"][p.degradation.name] for r in model_runs]).items() if m in METRICS}
+            for p in points},
+        "runs": model_runs,
+    }
+
+
 def robustness(
     checkpoints: Sequence[str | Path] | Mapping[str, Sequence[str | Path] | str | Path],
     data: str | Path,
@@ -261,52 +302,24 @@ def robustness(
     """Evaluate every checkpoint under every sweep point (cached), aggregate seeds per model and
     write ``robustness.json``, ``robustness.md`` and the plots into ``out``; return the JSON's
     content. See the module docstring for the layout."""
-    from . import evaluate as ev  # module attribute: tests may replace ev.evaluate
-    from .degrade import IDENTITY, sweep as make_sweep
+    from .degrade import sweep as make_sweep
 
     say = log or (lambda msg: None)
     out = Path(out)
     groups = group_checkpoints(checkpoints)
-    points = []
-    seen: set[str] = set()
+    unique: dict[str, Any] = {}
     for p in make_sweep(sweep):
-        if p.degradation.name not in seen:  # the same degradation twice is one point
-            seen.add(p.degradation.name)
-            points.append(p)
+        unique.setdefault(p.degradation.name, p)  # the same degradation twice is one point
+    points = list(unique.values())
     all_ckpts = [c for members in groups.values() for c in members]
     say(f"robustness: {len(all_ckpts)} checkpoint(s) in {len(groups)} model(s) × {len(points)} point(s)")
-
-    computed = cached = 0
-    runs: dict[Path, dict] = {}
-    split_used: set[str] = set()
-    for ckpt in dict.fromkeys(all_ckpts):
-        cid = checkpoint_id(ckpt)
-        split_name, fingerprint = _data_fingerprint(ckpt, data, split)
-        split_used.add(split_name)
-        per_point: dict[str, dict] = {}
-        for p in points:
-            # Every identity (clean, blur:sigma=0, resize:f=1 ...) is the clean evaluation: one cache entry.
-            name = IDENTITY.name if p.degradation.is_identity else p.degradation.name
-            if name in per_point:
-                per_point[p.degradation.name] = per_point[name]
-                continue
-            key = {"format": CACHE_FORMAT, "version": __version__, "checkpoint": str(ckpt.resolve()),
-                   "checkpoint_id": cid, "degrade": name, "data": str(Path(data).resolve()),
-                   "data_fingerprint": fingerprint, "split": split_name, "draws": draws, "seed": seed}
-            path = out / "cache" / cid / f"{degradation_slug(name)}.json"
-            res = _read_cache(path, key)
-            if res is None:
-                say(f"evaluate {ckpt} · {p.label}")
-                res = ev.evaluate(ckpt, data, split=split_name, draws=draws, batch_size=batch_size, workers=workers,
-                                  device=device, threads=threads, seed=seed, progress=progress,
-                                  degrade=None if name == IDENTITY.name else name)
-                _write_json(path, {"key": key, "result": res})
-                computed += 1
-            else:
-                cached += 1
-            per_point[name] = per_point[p.degradation.name] = res
-        runs[ckpt] = {"id": cid, "split": split_name, "points": per_point}
-    say(f"robustness: {computed} evaluation(s) computed, {cached} from the cache")
+    opts = dict(draws=draws, batch_size=batch_size, workers=workers, device=device, threads=threads, seed=seed,
+                progress=progress)
+    counts = {"computed": 0, "cached": 0}
+    runs = {ckpt: _evaluate_checkpoint(ckpt, data, split, points, out / "cache", opts, counts, say)
+            for ckpt in dict.fromkeys(all_ckpts)}
+    say(f"robustness: {counts['computed']} evaluation(s) computed, {counts['cached']} from the cache")
+    split_used = {r["split"] for r in runs.values()}
 
     result: dict[str, Any] = {
         "sweep": sweep,
@@ -321,24 +334,7 @@ def robustness(
         "models": {},
     }
     for label, members in groups.items():
-        model_runs = []
-        for ckpt in members:
-            cfg = _read_model_config(ckpt)
-            model_runs.append({
-                "checkpoint": str(ckpt), "id": runs[ckpt]["id"], "arch": cfg.get("arch"),
-                "backbone": cfg.get("backbone"), "threshold": cfg.get("threshold", 0.5),
-                "points": {name: {k: r.get(k) for k in KEEP} for name, r in runs[ckpt]["points"].items()},
-            })
-        result["models"][label] = {
-            "checkpoints": [str(c) for c in members],
-            "seeds": len(members),
-            "arch": sorted({str(r["arch"]) for r in model_runs}),
-            "backbone": sorted({str(r["backbone"]) for r in model_runs}),
-            "points": {p.degradation.name: {m: v for m, v in aggregate(
-                [r["points"][p.degradation.name] for r in model_runs]).items() if m in METRICS}
-                for p in points},
-            "runs": model_runs,
-        }
+        result["models"][label] = _model_entry(members, runs, points)
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = plot(result, out) if plots else []
     _write_json(out / "robustness.json", result)
@@ -346,162 +342,3 @@ def robustness(
     say(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}"
         + "".join(f", {out / f}" for f in result["plots"]))
     return result
-
-
-# ----------------------------------------------------------------------------- reports
-
-def _delta(stat: Mapping | None, ref: Mapping | None) -> str:
-    if not stat or not ref or stat.get("mean") is None or ref.get("mean") is None:
-        return ""
-    d = stat["mean"] - ref["mean"]
-    return f" ({'+' if d >= 0 else '−'}{abs(d):.3f})"
-
-
-def _ms(stat: Mapping | None, digits: int) -> str:
-    """``mean ± std``; just the mean for a single seed (its std says nothing)."""
-    if stat and stat.get("mean") is not None and stat.get("n", 0) == 1:
-        return f"{stat['mean']:.{digits}f}"
-    return format_mean_std(stat, digits)
-
-
-def _split_text(result: Mapping) -> str:
-    split = result["split"]
-    if split == "all":
-        return "all images"
-    return f"the {split if isinstance(split, str) else '/'.join(split)} split"
-
-
-def _clean_name(result: Mapping) -> str | None:
-    for p in result["points"]:
-        if p.get("identity"):
-            return p["name"]
-    return None
-
-
-def markdown(result: Mapping, digits: int = 3) -> str:
-    """Markdown for a :func:`robustness` result: an AUC table and an accuracy table, one row per
-    sweep point and one column per model (``mean ± std`` over seeds)."""
-    models = list(result["models"])
-    clean = _clean_name(result)
-    seeds = ", ".join(f"{m} {result['models'][m]['seeds']}" for m in models)
-    ns = sorted({int(v) for m in models for s in result["models"][m]["points"].values()
-                 for v in (s.get("n") or {}).get("values", [])})
-    n_text = f"{ns[0]} images" if len(ns) == 1 else f"{ns[0]}–{ns[-1]} images" if ns else "no images"
-    head = ["| degradation | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    lines = [
-        f"Robustness sweep `{result['sweep']}` on {_split_text(result)} of `{result['data']}` ({n_text}); "
-        f"mean ± std over seeds (seeds per model: {seeds}; a single seed shows its value alone).",
-        "",
-        "AUC (in brackets: change from clean):",
-        "",
-        *head,
-    ]
-    for p in result["points"]:
-        cells = []
-        for m in models:
-            pts = result["models"][m]["points"]
-            stat = pts.get(p["name"], {}).get("auc")
-            extra = "" if p["name"] == clean or clean is None else _delta(stat, pts.get(clean, {}).get("auc"))
-            cells.append(_ms(stat, digits) + extra)
-        lines.append(f"| {p['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy at each checkpoint's stored threshold (in brackets: accuracy on real / fake images):",
-              "", *head]
-    for p in result["points"]:
-        cells = []
-        for m in models:
-            s = result["models"][m]["points"].get(p["name"], {})
-            r, f = (s.get(k, {}).get("mean") for k in ("real_accuracy", "fake_accuracy"))
-            sub = f" (real {'n/a' if r is None else f'{r:.{digits}f}'} / fake {'n/a' if f is None else f'{f:.{digits}f}'})"
-            cells.append(_ms(s.get("accuracy"), digits) + sub)
-        lines.append(f"| {p['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _line_families(points: Sequence[Mapping]) -> "OrderedDict[str, list[Mapping]]":
-    """``{curve name: its points}`` for the curves with more than one strength."""
-    fams: OrderedDict[str, list[Mapping]] = OrderedDict()
-    for p in points:
-        if p.get("curve"):
-            fams.setdefault(p["curve"], []).append(p)
-    return OrderedDict((f, ps) for f, ps in fams.items() if len({q["strength"] for q in ps}) > 1)
-
-
-def plot(result: Mapping, out: str | Path) -> list[str]:
-    """Write ``robustness_<family>.png`` per multi-strength family and ``robustness_summary.png``
-    for single-point ones; return the file names written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    out = Path(out)
-    written: list[str] = []
-    models = list(result["models"])
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    clean = _clean_name(result)
-    lines = _line_families(result["points"])
-
-    def auc(model: str, name: str | None) -> tuple[float, float] | None:
-        s = result["models"][model]["points"].get(name or "", {}).get("auc")
-        return None if not s or s.get("mean") is None else (s["mean"], s.get("std", 0.0))
-
-    for family, pts in lines.items():
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        kind_axis = (pts[0]["kind"], pts[0]["axis"])
-        ref = CLEAN_STRENGTH.get(kind_axis)
-        strengths = [p["strength"] for p in pts]
-        for i, m in enumerate(models):
-            xy = [(p["strength"], auc(m, p["name"])) for p in pts]
-            ref_auc = auc(m, clean) if ref is not None and clean is not None else None
-            if ref_auc is not None and ref not in strengths:  # (jpeg q=100 itself is a point: marker only)
-                xy.append((ref, ref_auc))
-            xy = sorted((x, v) for x, v in xy if v is not None)
-            if not xy:
-                continue
-            x = np.array([x for x, _ in xy])
-            mu = np.array([v[0] for _, v in xy])
-            sd = np.array([v[1] for _, v in xy])
-            c = colours[i % len(colours)]
-            seeds = result["models"][m]["seeds"]
-            ax.plot(x, mu, "o-", color=c, label=f"{m} ({seeds} seed{'s' if seeds != 1 else ''})")
-            ax.fill_between(x, mu - sd, mu + sd, color=c, alpha=0.2, lw=0)
-            if ref_auc is not None:  # the clean point: an open square at the family's no-degradation end
-                ax.plot([ref], [ref_auc[0]], "s", mfc="white", mec=c, ms=8, zorder=3)
-        ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
-        if (ref is not None and ref >= max(strengths)) or kind_axis[1] == "long":  # milder as the value grows: clean end left
-            ax.invert_xaxis()
-        ax.set_xlabel(AXIS_LABEL.get(kind_axis, f"{family} {kind_axis[1]}")
-                      + (f"  (□ = clean, drawn at {ref:g})" if ref is not None and clean is not None else ""))
-        ax.set_ylabel("AUC")
-        ax.set_title(f"AUC under {family.replace('_', ' ')} · {_split_text(result)}")
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"robustness_{_slug(family)}.png"
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        written.append(name)
-
-    in_lines = {p["name"] for ps in lines.values() for p in ps}
-    single = [p for p in result["points"] if not p.get("identity") and p["name"] not in in_lines]
-    if single:
-        bars = ([p for p in result["points"] if p.get("identity")][:1]) + single
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(bars) * max(1, len(models)) ** 0.5 + 2), 4))
-        width = 0.8 / max(len(models), 1)
-        for i, m in enumerate(models):
-            vals = [auc(m, p["name"]) for p in bars]
-            xs = np.arange(len(bars)) + (i - (len(models) - 1) / 2) * width
-            ax.bar(xs, [v[0] if v else np.nan for v in vals], width, yerr=[v[1] if v else 0 for v in vals],
-                   capsize=3, color=colours[i % len(colours)], label=m)
-        ax.axhline(0.5, color="gray", ls=":", lw=1)
-        ax.set_xticks(np.arange(len(bars)), [p["label"] for p in bars], rotation=20, ha="right")
-        ax.set_ylabel("AUC (mean ± std over seeds)")
-        ax.set_ylim(0, 1)
-        ax.set_title("AUC under single-setting degradations")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "robustness_summary.png", dpi=100)
-        plt.close(fig)
-        written.append("robustness_summary.png")
-    return written
