@@ -328,44 +328,60 @@ def build_bench(
 
     bar = tqdm(total=len(pairs), desc=f"bench {spec.name}", unit="pair", disable=not progress, smoothing=0.1)
     for photo in photos:
-        todo = [p for p in by_photo.get(photo.id, []) if not all((out / p.rel(l)).exists() for l in ("real", "fake"))]
-        bar.update(len(by_photo.get(photo.id, [])) - len(todo))
-        if not todo:
-            continue
-        img = photo.load()
-        if img.size != photo.size:
-            raise ValueError(f"{photo.id}: decoded size {img.size} != expected {photo.size}")
-        scaled: dict[int, Image.Image] = {}
-        for p in todo:
-            if p.history.prescale not in scaled:
-                scaled[p.history.prescale] = prescaled(img, p.history.prescale)
-            real = scaled[p.history.prescale].crop(p.box.box)
-            real_path, fake_path = out / p.rel("real"), out / p.rel("fake")
-            if not real_path.exists():
-                save_png(real, real_path)
-            if not fake_path.exists():
-                fake = make_fake(real, upscalers[p.generator])
-                if p.history.match_jpeg and p.history.prescale == 1 and photo.jpeg is not None:
-                    fake = match_jpeg(fake, photo.jpeg, p.box.left, p.box.top)
-                save_png(fake, fake_path)
-            bar.update(1)
-        del img, scaled
+        _write_photo_pairs(out, photo, by_photo.get(photo.id, []), upscalers, bar)
     bar.close()
-
     rows = [_row(p, label, version=spec.version) for p in pairs for label in ("real", "fake")]
     manifest = write_manifest(rows, out / "manifest.csv")
+    _write_jpeg75(out, [p for p in pairs if p.split == "test"], spec.version, progress)
+    meta = {**ident, **_bench_meta(spec, pairs, photos, by_photo, upscalers)}
+    write_text_atomic(meta_path, json.dumps(meta, indent=2), fsync=False)
+    return manifest
+
+
+def _write_photo_pairs(out: Path, photo: SourcePhoto, pairs: Sequence[Pair], upscalers: Mapping[str, Upscaler],
+                       bar) -> None:
+    """The real crop and the fake of each of one photo's pairs not yet on disk (the photo decoded once)."""
+    todo = [p for p in pairs if not all((out / p.rel(l)).exists() for l in ("real", "fake"))]
+    bar.update(len(pairs) - len(todo))
+    if not todo:
+        return
+    img = photo.load()
+    if img.size != photo.size:
+        raise ValueError(f"{photo.id}: decoded size {img.size} != expected {photo.size}")
+    scaled: dict[int, Image.Image] = {}
+    for p in todo:
+        if p.history.prescale not in scaled:
+            scaled[p.history.prescale] = prescaled(img, p.history.prescale)
+        real = scaled[p.history.prescale].crop(p.box.box)
+        real_path, fake_path = out / p.rel("real"), out / p.rel("fake")
+        if not real_path.exists():
+            save_png(real, real_path)
+        if not fake_path.exists():
+            fake = make_fake(real, upscalers[p.generator])
+            if p.history.match_jpeg and p.history.prescale == 1 and photo.jpeg is not None:
+                fake = match_jpeg(fake, photo.jpeg, p.box.left, p.box.top)
+            save_png(fake, fake_path)
+        bar.update(1)
+
+
+def _write_jpeg75(out: Path, test_pairs: Sequence[Pair], version: int, progress: bool) -> None:
+    """One common JPEG q75 re-compression of both classes' test PNGs, with its own manifest."""
+    from tqdm import tqdm
 
     jroot = out / "jpeg75"
-    test_pairs = [p for p in pairs if p.split == "test"]
     for p in tqdm(test_pairs, desc="jpeg75 test", unit="pair", disable=not progress):
         for label in ("real", "fake"):
             dst = jroot / p.rel(label, "jpg")
             if not dst.exists():
                 with Image.open(out / p.rel(label)) as im:
                     save_jpeg75(im, dst)
-    write_manifest([_row(p, label, "jpg", spec.version) for p in test_pairs for label in ("real", "fake")],
+    write_manifest([_row(p, label, "jpg", version) for p in test_pairs for label in ("real", "fake")],
                    jroot / "manifest.csv")
 
+
+def _bench_meta(spec: BenchSpec, pairs: Sequence[Pair], photos: Sequence[SourcePhoto],
+                by_photo: Mapping[str, list[Pair]], upscalers: Mapping[str, Upscaler]) -> dict:
+    """bench.json's description of a complete build: encodings, crops, histories, generators, counts."""
     counts: dict[str, dict[str, int]] = {s: {"real": 0, "fake": 0} for s in SPLITS}
     by_history = {h.name: {s: sum(1 for p in pairs if p.split == s and p.history.name == h.name) for s in SPLITS}
                   for h in spec.histories}
@@ -376,8 +392,7 @@ def build_bench(
         gens[p.split][p.generator] += 1
     sides = [p.box.side for p in pairs]
     photos_per_split = {s: sorted({p.photo.id for p in pairs if p.split == s}) for s in SPLITS}
-    meta = {
-        **ident,
+    return {
         "version": spec.version,
         "status": "complete",
         "encoding": {
@@ -398,8 +413,6 @@ def build_bench(
         "photos": photos_per_split,
         "photos_without_crops": sorted(p.id for p in photos if p.id not in by_photo),
     }
-    write_text_atomic(meta_path, json.dumps(meta, indent=2), fsync=False)
-    return manifest
 
 
 def build_offline_bench(
