@@ -10,7 +10,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: build the offline benchmark, audit a dataset for shortcuts.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: inspect what a folder or list holds, audit it for shortcuts, build the offline benchmark.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
