@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from glassdetect.cli import app
 from glassdetect.evaluate import evaluate
-from glassdetect.train import TrainConfig, train
+from glassdetect.train import TrainConfig, _split_samples, train
 
 from synth import assert_interrupted_run_resumes_exactly, make_checker_tree
 
@@ -138,3 +138,75 @@ def test_training_skips_bad_images_and_never_touches_user_files(tiny_tree, bad_i
     assert "huge.png" in reported and "pixel limit" in reported
     assert "not a recognised image format" in reasons[str(odd)]
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def _split_of(run_or_samples) -> dict[str, set[str]]:
+    rows = run_or_samples
+    if not isinstance(rows, list):
+        with open(rows / "split.csv", newline="", encoding="utf-8") as fh:
+            rows = [(r["path"], r["split"], r["group"]) for r in csv.DictReader(fh)]
+    else:
+        rows = [(s.path, s.split, s.group) for s in rows]
+    out: dict[str, set[str]] = {}
+    for path, split, _ in rows:
+        out.setdefault(split, set()).add(path)
+    return out
+
+
+def test_split_is_independent_of_the_training_seed(checker_data, tmp_path):
+    """Two training seeds, one split seed: the same test set (and the same train/val split).
+    Another split seed moves it. A config from before split_seed keeps splitting with its seed."""
+    split = lambda **kw: _split_of(_split_samples(TrainConfig(data=str(checker_data), **kw), tmp_path))  # noqa: E731
+    a, b = split(seed=1), split(seed=2)
+    assert a == b and a["test"]
+    assert split(seed=1, split_seed=1)["test"] != a["test"]
+    assert _split_of(tmp_path) == split(seed=1, split_seed=1)  # the split is saved with the run
+    assert TrainConfig.from_dict({"seed": 3}).split_seed == 3
+    assert TrainConfig.from_dict({"seed": 3, "split_seed": 0}).split_seed == 0
+    assert TrainConfig().split_seed == TrainConfig(seed=5).split_seed == 0
+
+
+def test_cli_train_on_train_test_tree_carves_val(tmp_path):
+    """Kaggle's layout ROOT/{train,test}/{real,fake}: val is carved out of train (grouped, stratified,
+    by the split seed, train:val as in --split 0.7,0.15,...); test stays exactly the test folder."""
+    root = make_checker_tree(tmp_path / "data" / "train", n_groups=12, size=256)
+    for cls in ("real", "fake"):
+        (root / ".." / "test" / cls).mkdir(parents=True)
+        for i in (9, 10, 11):
+            (root / cls / f"s{i:03d}.png").rename(root / ".." / "test" / cls / f"s{i:03d}.png")
+    data = tmp_path / "data"
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--data", str(data), "--arch", "standard", "--backbone", "test_resnet",
+                                 "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--out", str(run),
+                                 "--workers", "0", "--threads", "1", "--split-seed", "5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    split = _split_of(run)
+    assert split["test"] == {str(p.resolve()) for p in (data / "test").rglob("*.png")}
+    train_folder = {str(p.resolve()) for p in (data / "train").rglob("*.png")}
+    assert split["val"] and split["train"] and split["val"] | split["train"] == train_folder
+    stems = lambda paths: {p.rsplit("/", 1)[-1] for p in paths}  # noqa: E731
+    assert not stems(split["val"]) & stems(split["train"])  # a source pair never straddles train and val
+    assert len(split["val"]) == 4  # 2 of the 9 training pairs: 15/85 of them, rounded to whole groups
+    assert {p.split("/")[-2] for p in split["val"]} == {"real", "fake"}  # both classes
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_val"] == 4 and summary["n_test"] == 6
+    used = json.loads((run / "best" / "config.json").read_text())["train"]
+    assert used["split_seed"] == 5 and used["seed"] == 0
+
+
+def test_cli_train_config_without_split_seed_keeps_its_split(tmp_path):
+    """A config written before split_seed existed (e.g. an old best_config.json) drew its split with
+    its seed: `train --config` keeps that split; --split-seed on the command line wins."""
+    data = make_checker_tree(tmp_path / "data", n_groups=8, size=256)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"arch": "standard", "backbone": "test_resnet", "pretrained": False, "epochs": 1,
+                               "batch_size": 8, "seed": 3}))
+    expected = {s: _split_of(_split_samples(TrainConfig(data=str(data), split_seed=s), tmp_path)) for s in (0, 3)}
+    assert expected[0]["test"] != expected[3]["test"]
+    for extra, split_seed in (([], 3), (["--split-seed", "0"], 0)):
+        run = tmp_path / f"run{split_seed}"
+        r = CliRunner().invoke(app, ["train", "--config", str(old), "--data", str(data), "--out", str(run),
+                                     "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet", *extra])
+        assert r.exit_code == 0, r.output
+        assert _split_of(run) == expected[split_seed]
+        assert json.loads((run / "best" / "config.json").read_text())["train"]["split_seed"] == split_seed

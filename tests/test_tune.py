@@ -65,9 +65,12 @@ def test_default_spaces_and_yaml_overrides(tmp_path):
     assert (glass["lr_global"]["low"], glass["lr_global"]["high"], glass["lr_global"]["log"]) == (1e-6, 1e-4, True)
     assert (glass["lr_head"]["low"], glass["lr_head"]["high"]) == (5e-6, 1e-3)
     assert (glass["wd_local"]["low"], glass["wd_local"]["high"]) == (1e-7, 1e-3)
+    assert glass["wd_head"] == 0.0  # attention + classifier without weight decay, as in the reference
     assert "lr_local" not in load_space("glass", shared_backbone=True)
     std = load_space("standard")
     assert set(std) == {"batch_size", "dropout", "lr", "weight_decay"}
+    assert std["batch_size"]["choices"] == [32, 64, 128]  # the reference's baseline batches
+    assert (std["lr"]["low"], std["lr"]["high"], std["lr"]["log"]) == (1e-6, 1e-4, True)
     assert to_train_fields({"lr": 3e-5, "weight_decay": 1e-6, "dropout": 0.1}) == {
         "lr_global": 3e-5, "lr_head": 3e-5, "wd_global": 1e-6, "wd_head": 1e-6, "dropout": 0.1}
     assert set(to_train_fields(std)) <= {f.name for f in fields(TrainConfig)}
@@ -176,6 +179,62 @@ def test_cli_tune_then_train_with_best_config(small_data, space_file, tmp_path):
         assert used[key] == cfg[key], key
     # the same split as the trials (same seed): the hand-off trains on what was tuned on
     assert (run / "split.csv").read_text() == (out / "trials" / "0000" / "split.csv").read_text()
+
+
+def _record_pruner(monkeypatch) -> list[tuple[int, int, int]]:
+    """Replace Optuna's HyperbandPruner by one that records (min_resource, max_resource, reduction_factor)."""
+    seen: list[tuple[int, int, int]] = []
+
+    class Recording(optuna.pruners.HyperbandPruner):
+        def __init__(self, min_resource=1, max_resource="auto", reduction_factor=3, **kw):
+            seen.append((min_resource, max_resource, reduction_factor))
+            super().__init__(min_resource=min_resource, max_resource=max_resource, reduction_factor=reduction_factor,
+                             **kw)
+
+    monkeypatch.setattr(optuna.pruners, "HyperbandPruner", Recording)
+    return seen
+
+
+def test_cli_hyperband_defaults_are_the_papers(small_data, tmp_path, monkeypatch):
+    """No Hyperband options: the paper's 5 / 25 / 3 with its 25 epochs per trial; explicit options
+    reach the pruner; a min_resource above the epochs is refused, naming both."""
+    seen = _record_pruner(monkeypatch)
+    monkeypatch.setattr(tune_mod, "train", _fake_train(lambda cfg, e: 0.5))
+    base = ["tune", "--data", str(small_data), "--trials", "1", "--quiet"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert seen == [(5, 25, 3)]
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    assert best["hyperband"] == {"min_resource": 5, "max_resource": 25, "reduction_factor": 3}
+    assert _study(tmp_path / "a", "glassdetect-glass-resnet50").trials[0].user_attrs["epochs_done"] == 25
+
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--epochs", "12", "--min-resource", "2",
+                                 "--max-resource", "10", "--reduction-factor", "2"])
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == (2, 10, 2)
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "c"), "--epochs", "3"])
+    assert r.exit_code == 0 and seen[-1] == (3, 3, 3), r.output  # short trials: min_resource follows
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "d"), "--epochs", "3", "--min-resource", "5"])
+    assert r.exit_code == 2 and "min_resource 5 exceeds max_resource 3" in r.output
+
+
+def test_cli_trial_budget_defaults_to_the_papers(small_data, tmp_path, monkeypatch):
+    """No --trials: 100 GLASS / 50 baseline trials for the whole study (a re-run completes it);
+    an explicit --trials keeps meaning 'this many more'."""
+    calls = []
+
+    def optimize(self, func, n_trials=None, timeout=None, catch=(), callbacks=None, **kw):
+        caps = [c._n_trials for c in callbacks or [] if isinstance(c, optuna.study.MaxTrialsCallback)]
+        calls.append((n_trials, caps))
+
+    monkeypatch.setattr(optuna.study.Study, "optimize", optimize)
+    for arch, expected in (("glass", (100, [100])), ("standard", (50, [50]))):
+        r = CliRunner().invoke(app, ["tune", "--data", str(small_data), "--arch", arch, "--out", str(tmp_path / arch),
+                                     "--quiet"])
+        assert r.exit_code == 1 and "no trial has completed" in r.output  # optimize did nothing
+        assert calls[-1] == expected, arch
+    r = CliRunner().invoke(app, ["tune", "--data", str(small_data), "--out", str(tmp_path / "x"), "--trials", "7"])
+    assert calls[-1] == (7, [])
 
 
 # ------------------------------------------------------------------------------- PostgreSQL

@@ -32,7 +32,7 @@ from . import distributed as ddp
 from .decision import fake_probability
 from .degrade import parse as parse_degradation
 from .data import (
-    Sample, assign_splits, check_no_leak, load_samples, read_split, write_split,
+    Sample, assign_splits, carve_val, check_no_leak, load_samples, read_split, write_split,
 )
 from .metrics import binary_metrics
 from .models import ModelConfig, create_model, save_checkpoint
@@ -75,6 +75,10 @@ class TrainConfig:
     # data
     class_names: tuple[str, ...] = ("real", "fake")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # Seed of the train/val/test split of data that has none (and of the val carve-out of data
+    # with train and test only): independent of ``seed``, so runs with different training seeds
+    # are evaluated on the same test images.
+    split_seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     augment: str = "none"  # degradations of training images before their views (glassdetect.degrade spec or preset)
     # runtime
@@ -93,8 +97,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Options from a dict (a JSON config, a checkpoint's ``train``). One written before
+        ``split_seed`` existed drew its split with ``seed``; it keeps that split."""
         check_fields(cls, d, "training options")
         d = dict(d)
+        if "split_seed" not in d and "seed" in d:
+            d["split_seed"] = d["seed"]
         for key in ("class_names", "split_fractions"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -141,12 +149,25 @@ def _split_samples(cfg: TrainConfig, out: Path) -> list[Sample]:
     if cfg.resume and saved.exists():
         where = read_split(saved)
         samples = [s if s.split else type(s)(**{**asdict(s), "split": where.get(s.path, "")}) for s in samples]
-    samples = assign_splits(samples, cfg.split_fractions, cfg.seed)
+    samples = assign_splits(samples, cfg.split_fractions, cfg.split_seed)
+    samples = _carve_missing_val(samples, cfg)
     check_no_leak(samples)
     ddp.barrier()  # under DDP every rank has read split.csv before rank 0 rewrites it
     if ddp.is_main():
         write_split(samples, saved)
     return samples
+
+
+def _carve_missing_val(samples: list[Sample], cfg: TrainConfig) -> list[Sample]:
+    """Data that comes with train (and test) but no val split, e.g. Kaggle's ``ROOT/{train,test}/{real,fake}``:
+    carve val out of train, grouped and stratified, seeded by ``split_seed``, in the train:val
+    ratio of ``split_fractions`` (0.7, 0.15 -> 15/85 of train)."""
+    if any(s.split == "val" for s in samples) or not any(s.split == "train" for s in samples):
+        return samples
+    f_train, f_val = cfg.split_fractions[0], cfg.split_fractions[1]
+    if f_val <= 0 or f_train <= 0:
+        return samples  # no val wanted: the check after the split names the problem
+    return carve_val(samples, f_val / (f_train + f_val), cfg.split_seed)
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
@@ -280,7 +301,8 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     train_s = [s for s in samples if s.split == "train"]
     val_s = [s for s in samples if s.split == "val"]
     if not train_s or not val_s:
-        raise ValueError(f"{cfg.data}: need images in both the train and val splits (got {len(train_s)}, {len(val_s)})")
+        raise ValueError(f"{cfg.data}: need images in both the train and val splits (got {len(train_s)}, {len(val_s)}; "
+                         f"split fractions {cfg.split_fractions}, split seed {cfg.split_seed})")
 
     model, net, frozen = _build_model(cfg, dist, device)
     optimizer, scheduler, scaler = _build_optimizer(cfg, model, device)

@@ -10,12 +10,17 @@ The study lives in an RDB: ``OUT/study.db`` (SQLite) by default, or any SQLAlche
 Running the command again continues the study: finished trials are kept, new ones are added,
 and trials of a worker that died are marked failed once their heartbeat goes stale.
 
-Search space (defaults follow the paper)::
+Search space (defaults follow the paper's reference code)::
 
     GLASS     batch_size {16, 32, 64}, dropout {0, .1, .2, .3}, k {2, 4, 6, 8, 10},
               lr_global, lr_local in [1e-6, 1e-4] (log), lr_head in [5e-6, 1e-3] (log),
-              wd_global, wd_local in [1e-7, 1e-3] (log)
-    standard  batch_size, dropout as above; lr in [1e-6, 1e-3] (log); weight_decay in [1e-7, 1e-3] (log)
+              wd_global, wd_local in [1e-7, 1e-3] (log); wd_head pinned to 0
+    standard  batch_size {32, 64, 128}, dropout as above; lr in [1e-6, 1e-4] (log);
+              weight_decay in [1e-7, 1e-3] (log)
+
+The budget follows the paper too: 100 GLASS / 50 baseline trials (:data:`PAPER_TRIALS`, complete
+plus pruned, counted over the whole study) of 25 epochs, and a Hyperband pruner with
+min_resource 5, max_resource the epochs per trial (25) and reduction factor 3 (:class:`Hyperband`).
 
 ``lr`` and ``weight_decay`` are aliases: ``lr`` sets both ``lr_global`` (the baseline's backbone)
 and ``lr_head`` (its classifier), ``weight_decay`` sets ``wd_global`` and ``wd_head`` — one
@@ -41,18 +46,17 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .train import TrainConfig, train
 
 ALIASES: dict[str, tuple[str, ...]] = {"lr": ("lr_global", "lr_head"), "weight_decay": ("wd_global", "wd_head")}
-BATCH = {"type": "categorical", "choices": [16, 32, 64]}
 DROPOUT = {"type": "categorical", "choices": [0.0, 0.1, 0.2, 0.3]}
-DEFAULT_SPACES: dict[str, dict[str, dict]] = {
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "glass": {
-        "batch_size": BATCH,
+        "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
         "dropout": DROPOUT,
         "lr_global": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
         "lr_local": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
@@ -60,14 +64,18 @@ DEFAULT_SPACES: dict[str, dict[str, dict]] = {
         "wd_global": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
         "wd_local": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
         "k": {"type": "categorical", "choices": [2, 4, 6, 8, 10]},
+        "wd_head": 0.0,  # attention + classifier: no weight decay, as in the reference
     },
     "standard": {
-        "batch_size": BATCH,
+        "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
         "dropout": DROPOUT,
-        "lr": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+        "lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
         "weight_decay": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
     },
 }
+# The paper's search budget: trials per study (complete + pruned) and epochs per trial.
+PAPER_TRIALS = {"glass": 100, "standard": 50}
+PAPER_EPOCHS = 25
 # Fields a search may not touch: where data and runs live, and run-control switches.
 NOT_SEARCHABLE = {"data", "out", "resume", "progress"}
 # Fields left out of best_config.json: paths and machine-specific runtime settings.
@@ -125,10 +133,40 @@ def _check_entry(name: str, spec: Any) -> Any:
     raise SpaceError(f"search space: {name}: type must be categorical, float or int (got {kind!r})")
 
 
-def default_space(arch: str, shared_backbone: bool = False) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Hyperband:
+    """Optuna's HyperbandPruner settings; resources are epochs. The paper's: 5 / 25 / 3."""
+
+    min_resource: int = 5
+    max_resource: int = PAPER_EPOCHS
+    reduction_factor: int = 3
+
+    @classmethod
+    def for_epochs(cls, epochs: int, min_resource: int | None = None, max_resource: int | None = None,
+                   reduction_factor: int = 3) -> "Hyperband":
+        """Settings for trials of ``epochs`` epochs: ``max_resource`` defaults to ``epochs`` and
+        ``min_resource`` to 5 (or ``max_resource`` when that is smaller); explicit values are checked."""
+        top = max(int(epochs), 1) if max_resource is None else int(max_resource)
+        low = min(cls.min_resource, top) if min_resource is None else int(min_resource)
+        if low < 1 or reduction_factor < 2:
+            raise ValueError(f"hyperband: need min_resource >= 1 and reduction_factor >= 2 "
+                             f"(got {low}, {reduction_factor})")
+        if low > top:
+            raise ValueError(f"hyperband: min_resource {low} exceeds max_resource {top} "
+                             f"(epochs per trial: {epochs})")
+        return cls(low, top, int(reduction_factor))
+
+    def pruner(self):
+        import optuna
+
+        return optuna.pruners.HyperbandPruner(min_resource=self.min_resource, max_resource=self.max_resource,
+                                              reduction_factor=self.reduction_factor)
+
+
+def default_space(arch: str, shared_backbone: bool = False) -> dict[str, Any]:
     if arch not in DEFAULT_SPACES:
         raise SpaceError(f"no default search space for arch {arch!r}")
-    space = {k: dict(v) for k, v in DEFAULT_SPACES[arch].items()}
+    space = {k: dict(v) if isinstance(v, Mapping) else v for k, v in DEFAULT_SPACES[arch].items()}
     if shared_backbone:  # one backbone: the local group does not exist
         space.pop("lr_local", None), space.pop("wd_local", None)
     return space
@@ -231,7 +269,7 @@ def _finite(x: Any) -> float | None:
 def tune(
     base: TrainConfig,
     out: str | Path,
-    trials: int,
+    trials: int | None = None,
     storage: str | None = None,
     study_name: str | None = None,
     space: Mapping[str, Any] | str | Path | None = None,
@@ -239,11 +277,16 @@ def tune(
     max_trials: int | None = None,
     timeout: float | None = None,
     reduction_factor: int = 3,
+    min_resource: int | None = None,
+    max_resource: int | None = None,
 ) -> dict:
     """Run ``trials`` more trials of the study (created or continued); returns a summary.
 
+    ``trials=None``: the paper's budget, :data:`PAPER_TRIALS` of ``base.arch``, for the whole
+    study (``max_trials`` defaults to it too, so a re-run completes an interrupted study).
     ``worker`` distinguishes parallel workers of one study (it enters the sampler's seed).
     ``max_trials`` caps the study's finished (complete or pruned) trials across all workers.
+    Hyperband: see :meth:`Hyperband.for_epochs` (defaults 5 / ``base.epochs`` / 3).
     """
     import optuna
     import torch
@@ -251,6 +294,8 @@ def tune(
 
     from .data import load_samples
 
+    hyperband = Hyperband.for_epochs(base.epochs, min_resource, max_resource, reduction_factor)
+    trials, max_trials = _budget(base.arch, trials, max_trials)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not load_samples(base.data, base.class_names):  # fail once here, not once per trial
@@ -267,13 +312,13 @@ def tune(
     study = optuna.create_study(
         storage=rdb, study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(seed=0),  # replaced below, once the study's size is known
-        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(base.epochs, 1),
-                                              reduction_factor=reduction_factor),
+        pruner=hyperband.pruner(),
     )
     seed = base.seed * 1_000_003 + worker * 10_007 + len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed)
     study.set_user_attr("arch", base.arch)
     study.set_user_attr("backbone", base.backbone)
+    study.set_user_attr("hyperband", asdict(hyperband))
     trials_dir = out / "trials"
 
     def objective(trial: "optuna.Trial") -> float:
@@ -321,6 +366,16 @@ def tune(
     return write_results(study, base, out, url)
 
 
+def _budget(arch: str, trials: int | None, max_trials: int | None) -> tuple[int, int | None]:
+    """(trials this worker runs, the study's cap): ``trials=None`` is the paper's budget for the study."""
+    if trials is not None:
+        return trials, max_trials
+    if arch not in PAPER_TRIALS:
+        raise ValueError(f"no paper trial budget for arch {arch!r}: pass trials")
+    paper = PAPER_TRIALS[arch]
+    return paper, paper if max_trials is None else max_trials
+
+
 def write_results(study, base: TrainConfig, out: Path, url: str) -> dict:
     """``OUT/trials.csv`` (every trial), ``OUT/best.json`` and ``OUT/best_config.json``; returns the summary."""
     from optuna.trial import TrialState
@@ -337,7 +392,8 @@ def write_results(study, base: TrainConfig, out: Path, url: str) -> dict:
                         ua.get("worker", ""), *[t.params.get(p, "") for p in names], ua.get("run_dir", ""),
                         ua.get("fail_reason", "")])
     summary: dict[str, Any] = {"study": study.study_name, "storage": _redact(url), "trials": counts,
-                               "n_trials": len(all_trials), "best": None, "best_config": None}
+                               "n_trials": len(all_trials), "hyperband": study.user_attrs.get("hyperband"),
+                               "best": None, "best_config": None}
     complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial

@@ -31,6 +31,7 @@ _TRAIN_OPTIONS: dict[str, tuple] = {
     "split": ("0.7,0.15,0.15",),
     "max_pixels": (DEFAULT_MAX_PIXELS,),
     "seed": (0,),
+    "split_seed": (0, "--split-seed"),
     "workers": (2,),
     "threads": (0,),
     "device": ("auto",),
@@ -41,15 +42,19 @@ _SAME_HELP = {
     "pretrained": "timm's ImageNet weights (needs a model hub).",
     "shared_backbone": "One backbone for global and local views.",
     "quiet": "No progress bars.",
+    "split_seed": "Seed of the grouped, stratified train/val/test split of data without one (and of the val "
+                  "carve-out of data with only train and test); independent of --seed, so the same data and "
+                  "split seed always give the same test set.",
 }
 # Options whose TrainConfig field has another name (and value: see _train_fields).
 _RENAMED = {"classes": "class_names", "split": "split_fractions", "quiet": "progress"}
 
 
-def _train_option(name: str, help: Optional[str] = None) -> Any:
-    """The ``typer.Option`` of training setting ``name`` as train and tune declare it."""
-    default, *decls = _TRAIN_OPTIONS[name]
-    return typer.Option(default, *decls, help=help or _SAME_HELP.get(name))
+def _train_option(name: str, help: Optional[str] = None, default: Any = None) -> Any:
+    """The ``typer.Option`` of training setting ``name`` as train and tune declare it (``default``:
+    a command's own default instead of the shared one)."""
+    shared, *decls = _TRAIN_OPTIONS[name]
+    return typer.Option(shared if default is None else default, *decls, help=help or _SAME_HELP.get(name))
 
 
 def _train_fields(data: Path, out: Path, classes: str, split: str, quiet: bool, **same: Any) -> dict[str, Any]:
@@ -89,7 +94,8 @@ def train(
                                 "blur σ~U[0,3] p=0.5 + JPEG q~U[30,100] p=0.5, the CNNDetection recipe; strong = standard "
                                 "+ resize, noise, WebP, social) or a spec like 'blur:sigma=0-3,p=0.5+jpeg:q=30-100,p=0.5'. "
                                 "Validation stays clean."),
-    seed: int = _train_option("seed"),
+    seed: int = _train_option("seed", "Training seed: initialisation, order, crops, dropout (not the split)."),
+    split_seed: int = _train_option("split_seed"),
     workers: int = _train_option("workers", "DataLoader workers (one thread each)."),
     threads: int = _train_option("threads", "Torch threads in the main process (0 = auto)."),
     device: str = _train_option("device", "auto, cpu, cuda, cuda:1 ..."),
@@ -112,8 +118,8 @@ def train(
         shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, max_pixels=max_pixels,
-        augment=augment, seed=seed, workers=workers, threads=threads, device=device, amp=amp, resume=resume,
-        sync_bn=sync_bn,
+        augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
+        resume=resume, sync_bn=sync_bn,
     )
     if config is not None:
         from_file = json.loads(config.read_text())
@@ -121,6 +127,8 @@ def train(
         # command-line names that differ from the TrainConfig field they set
         given |= {f for opt, f in _RENAMED.items() if opt in given}
         opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
+        if "split_seed" not in from_file and "split_seed" not in given:
+            del opts["split_seed"]  # a config from before split_seed: its split was drawn with its seed
     try:
         summary = run_train(TrainConfig.from_dict(opts))
     except (ValueError, FileNotFoundError) as exc:
@@ -140,26 +148,35 @@ def tune(
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Study folder: study.db, trials/NNNN/, trials.csv, best.json, best_config.json."),
     arch: str = _train_option("arch", "glass or standard."),
     backbone: str = _train_option("backbone", "Any timm model name."),
-    trials: int = typer.Option(20, help="Trials this worker runs (the study keeps everything already done)."),
+    trials: Optional[int] = typer.Option(None, help="Trials this worker runs (the study keeps everything already done). "
+                                         "Default: the paper's budget, 100 (glass) / 50 (standard) complete + pruned "
+                                         "trials for the whole study, so a re-run completes it. Cheaper: --trials 20 "
+                                         "--epochs 10."),
     storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default sqlite:///OUT/study.db); e.g. postgresql://user:pw@host/db to share one study between workers."),
     study: Optional[str] = typer.Option(None, help="Study name (default glassdetect-ARCH-BACKBONE)."),
     space: Optional[Path] = typer.Option(None, help="YAML search space merged over the paper's default (see docs/search-and-scale.md)."),
     worker: int = typer.Option(0, help="Distinct id per parallel worker of one study (enters the sampler seed)."),
     max_trials: Optional[int] = typer.Option(None, help="Stop once the study has this many complete + pruned trials (all workers)."),
     timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    min_resource: Optional[int] = typer.Option(None, help="Hyperband: epochs before a trial can first be pruned "
+                                               "(default 5, the paper's; at most --max-resource)."),
+    max_resource: Optional[int] = typer.Option(None, help="Hyperband: a full trial's epochs (default --epochs: 25, the paper's)."),
+    reduction_factor: int = typer.Option(3, help="Hyperband: keep 1/N of the trials at each rung (paper: 3)."),
     pretrained: bool = _train_option("pretrained"),
     weights: Optional[str] = _train_option("weights", "Local weights or offline:<source>."),
     shared_backbone: bool = _train_option("shared_backbone"),
     k: int = _train_option("k", "Crops per image when K is not searched."),
     sampling: str = _train_option("sampling"),
-    epochs: int = _train_option("epochs", "Epochs per trial (Hyperband's maximum resource)."),
+    epochs: int = _train_option("epochs", "Epochs per trial (Hyperband's maximum resource; paper: 25).", default=25),
     batch_size: int = _train_option("batch_size", "Used when batch_size is not searched."),
     freeze: int = _train_option("freeze"),
     label_smoothing: float = _train_option("label_smoothing"),
     classes: str = _train_option("classes"),
     split: str = _train_option("split", "train,val,test fractions for data without splits (trials share one split)."),
     max_pixels: int = _train_option("max_pixels"),
-    seed: int = _train_option("seed", "Training seed of every trial (so all share one data split) and the sampler's seed."),
+    seed: int = _train_option("seed", "Training seed of every trial and the sampler's seed."),
+    split_seed: int = _train_option("split_seed", "Seed of the data split all trials share (data without one); "
+                                    "recorded in best_config.json for train and final."),
     workers: int = _train_option("workers", "DataLoader workers."),
     threads: int = _train_option("threads"),
     device: str = _train_option("device"),
@@ -174,12 +191,13 @@ def tune(
     base = TrainConfig(**_train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
         shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, freeze=freeze,
-        label_smoothing=label_smoothing, max_pixels=max_pixels, seed=seed, workers=workers, threads=threads,
-        device=device, amp=amp,
+        label_smoothing=label_smoothing, max_pixels=max_pixels, seed=seed, split_seed=split_seed, workers=workers,
+        threads=threads, device=device, amp=amp,
     ))
     try:
         res = run_tune(base, out, trials, storage=storage, study_name=study, space=space, worker=worker,
-                       max_trials=max_trials, timeout=timeout)
+                       max_trials=max_trials, timeout=timeout, reduction_factor=reduction_factor,
+                       min_resource=min_resource, max_resource=max_resource)
     except (SpaceError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items() if n)
@@ -194,26 +212,30 @@ def final(
     config: Path = typer.Option(..., "--config", help="JSON training options, e.g. a tune run's best_config.json."),
     data: Path = typer.Option(..., "--data", help="Tree, manifest CSV or folder with manifest.csv."),
     out: Path = typer.Option(..., "--out", help="Output: seed-S/ per seed, final.json, final.md."),
-    seeds: str = typer.Option("100,200,300,400,500", help="Comma-separated training seeds."),
-    val_fraction: float = typer.Option(0.1, help="Share of train+val carved out per seed for model selection."),
-    split_seed: Optional[int] = typer.Option(None, help="Seed of the fixed train/val/test split (default: the config's seed)."),
+    seeds: str = typer.Option("100,200,300,400,500", help="Comma-separated training seeds (paper: 100,...,500)."),
+    holdout: float = typer.Option(0.05, "--holdout", "--val-fraction",
+                                  help="Share of train+val held out for model selection (paper: 0.05)."),
+    holdout_seed: str = typer.Option("606", help="Seed of that holdout, drawn once for all seeds (paper: 606), or "
+                                     "'per-seed' to redraw it with each training seed."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the fixed train/val/test split of data without one "
+                                             "(default: the config's split_seed, or its seed if it predates split_seed)."),
     draws: int = typer.Option(1, help="Crop draws averaged per test image."),
-    epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
+    epochs: str = typer.Option("50", help="Epochs per seed (paper: 50), or 'config' for the config's own epochs."),
     name: Optional[str] = typer.Option(None, help="Row name in final.md (default: arch · backbone · K)."),
     workers: int = typer.Option(2),
     threads: int = typer.Option(0),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Final runs: train+val merged, several seeds, test-set metrics as mean ± std (final.json, final.md)."""
+    """Final runs, the paper's protocol: train+val merged, 5 % held out once (seed 606) for model selection,
+    50 epochs per seed, test-set metrics as mean ± std (final.json, final.md)."""
     from ..final import SUMMARY_METRICS, run_final
 
     overrides = dict(workers=workers, threads=threads, device=device, progress=not quiet)
-    if epochs is not None:
-        overrides["epochs"] = epochs
     try:
-        res = run_final(config, data, out, [int(s) for s in seeds.split(",") if s.strip()], val_fraction, split_seed,
-                        draws, overrides, name)
+        res = run_final(config, data, out, [int(s) for s in seeds.split(",") if s.strip()], holdout, split_seed,
+                        draws, overrides, name, holdout_seed=_int_or(holdout_seed, "per-seed", "--holdout-seed"),
+                        epochs=_int_or(epochs, "config", "--epochs"))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     table = Table(title=f"{res['name']} — test (n={res['n_test']}), {len(res['seeds'])} seeds")
@@ -224,3 +246,14 @@ def final(
         table.add_row(m, "n/a" if a is None else f"{a['mean']:.4f} ± {a['std']:.4f}")
     Console().print(table)
     console.print(f"wrote {out / 'final.json'} and {out / 'final.md'}")
+
+
+def _int_or(value: str, keyword: str, option: str) -> Optional[int]:
+    """An option that takes a number or one keyword (-> None)."""
+    if value.strip().lower() == keyword:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        _fail(f"{option}: expected a whole number or '{keyword}', got {value!r}")
+        raise  # unreachable: _fail exits
