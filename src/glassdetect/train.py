@@ -57,6 +57,7 @@ class TrainConfig:
     shared_backbone: bool = False
     k: int = 4
     patch: int = 224
+    interpolation: str | None = None  # global-view resize filter (bilinear, bicubic, ...); None: the weights' own
     sampling: str = "stratified"
     dropout: float = 0.1
     freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
@@ -93,7 +94,8 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
-                           shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names)
+                           shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
+                           interpolation=self.interpolation)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

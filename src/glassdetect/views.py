@@ -18,8 +18,10 @@ JPEG simplejpeg refuses) takes the Pillow path of :func:`open_image`, so convers
 
 The global view, on every path, is torch's uint8 antialiased bicubic/bilinear kernel (Pillow's
 filter, within 1–2 grey levels of ``Image.resize``; other filters use Pillow itself); the
-decoded image is never converted to float. For the baseline (no crops) JPEGs are decoded at a
-reduced DCT scale. Measurements: ``docs/performance.md`` (``glassdetect bench``).
+decoded image is never converted to float. The baseline (no crops) and GLASS get their global
+view from the same full decode and resize, byte for byte: no reduced-scale (draft) JPEG decode,
+whose view would differ slightly from GLASS's for JPEGs only and so line up with the file format.
+Measurements: ``docs/performance.md`` (``glassdetect bench``).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
 }
+INTERPOLATIONS = tuple(_RESAMPLE)  # the global view's resize filters (ViewSpec.interpolation)
 
 
 # Decode baseline RGB / greyscale JPEGs with simplejpeg when it is installed.
@@ -363,22 +366,23 @@ def build_views(
     before any view is built — the global view, the crop boxes (and ``Views.size``) all come from
     the degraded image. Its randomness comes from ``degrade_rng``, or else from the image's
     content, the degradation's name and ``draw`` (:func:`~glassdetect.sampling.eval_degrade_rng`).
-    Such images always take the full decode (no reduced-scale JPEG decode for the baseline), so
     GLASS and the baseline see the same degraded pixels. Without it (or with an identity) the
     views are exactly those of the undegraded path.
+
+    The global view does not depend on ``spec.need_crops``: the baseline's equals GLASS's, byte
+    for byte (same full decode, same resize).
     """
     data = source if isinstance(source, bytes) else read_bytes(source)
     name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     if degrade is not None and not degrade.is_identity:
         return _degraded_views(data, spec, rng, seed, draw, name, degrade, degrade_rng)
-    if not spec.need_crops:  # global view only: libjpeg's reduced-scale (draft) decode is enough
-        img = open_image(data, spec.max_pixels, draft_size=2 * spec.global_size, name=name)
-        w, h = img.size
-        g = resize_global(img, spec.global_size, spec.interpolation)
-        return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
+    # One global-view path for both architectures: full decode, then the same resize. (A reduced-scale
+    # JPEG decode for the baseline alone would make its views differ from GLASS's by file format.)
     dec = decode(data, spec.max_pixels, name=name, scratch=True)  # crops and global view are copies
     h, w = dec.size
     g = dec.global_view(spec.global_size, spec.interpolation)
+    if not spec.need_crops:
+        return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
     if rng is None:  # the content hash is only needed where there are crops to place
         rng = eval_rng(content_id(data), seed, draw)
     boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)

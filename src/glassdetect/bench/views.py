@@ -1,4 +1,5 @@
-"""``bench views``: per-image time and peak memory of ours / naive / decode-only, and augmentation cost.
+"""``bench views``: per-image time and peak memory of ours / naive / decode-only, the baseline's
+global view (and the reduced-scale decode it no longer uses), and augmentation cost.
 
 Times are medians over interleaved rounds with one torch thread, as in a DataLoader worker. Peak
 memory comes from :mod:`glassdetect.bench.memory` (a fresh subprocess per pipeline and image).
@@ -20,6 +21,21 @@ from .pipelines import PIPELINES
 from .synth import photo_like, write_image
 
 JPEG_ONLY = ("decode_reuse", "ours_pillow", "pillow_decode")  # timed on JPEGs only
+BASELINE_DRAFT = "baseline_draft"  # JPEGs only: the reduced-scale decode the baseline used before one view path
+
+
+def baseline_views(path: str | Path) -> V.Views:
+    """The resize-only baseline's views: the global view only, through the same decode path as GLASS's."""
+    return V.build_views(path, V.ViewSpec(need_crops=False))
+
+
+def baseline_draft_view(path: str | Path, spec: V.ViewSpec | None = None) -> np.ndarray:
+    """For comparison only: the baseline's former global view — libjpeg decodes at a reduced DCT
+    scale (both sides >= 2 × the view's side), then the same resize. Cheaper, but for JPEGs only,
+    so its views differed from GLASS's by file format; the pipeline no longer does this."""
+    spec = spec or V.ViewSpec(need_crops=False)
+    img = V.open_image(Path(path).read_bytes(), spec.max_pixels, draft_size=2 * spec.global_size)
+    return V.resize_global(img, spec.global_size, spec.interpolation)
 
 
 def median_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
@@ -54,7 +70,11 @@ def _timed_row(path: Path, w: int, h: int, rounds: int) -> dict[str, Any]:
     """The timing part of one image's row: medians per pipeline and every round's time."""
     jpeg = path.suffix == ".jpg"
     pipes = ["ours", "naive", "decode", *(JPEG_ONLY if jpeg else ())]
-    times = median_times({p: (lambda p=p: PIPELINES[p](path)) for p in pipes}, rounds)
+    fns: dict[str, Callable[[], Any]] = {p: (lambda p=p: PIPELINES[p](path)) for p in pipes}
+    fns["baseline"] = lambda: baseline_views(path)
+    if jpeg:
+        fns[BASELINE_DRAFT] = lambda: baseline_draft_view(path)
+    times = median_times(fns, rounds)
     med = {p: statistics.median(v) for p, v in times.items()}
     row: dict[str, Any] = {
         "width": w, "height": h, "megapixels": round(w * h / 1e6, 2), "format": path.suffix[1:],
@@ -63,7 +83,7 @@ def _timed_row(path: Path, w: int, h: int, rounds: int) -> dict[str, Any]:
         "decode_with": "simplejpeg" if jpeg and V.simplejpeg is not None else "pillow",
         "ours_s": med["ours"], "naive_s": med["naive"], "decode_s": med["decode"],
     }
-    row.update({f"{p}_s": med[p] for p in JPEG_ONLY if p in med})
+    row.update({f"{p}_s": med[p] for p in (*JPEG_ONLY, "baseline", BASELINE_DRAFT) if p in med})
     row["_times"] = times
     return row
 
@@ -75,6 +95,8 @@ def _add_ratios(row: dict[str, Any], memory: bool) -> None:
         row["ratio_to_decode_reuse"] = row["ours_s"] / row["decode_reuse_s"]
     row["beyond_decode_ms"] = (row["ours_s"] - row["decode_s"]) * 1e3
     row["beyond_decode_ms_per_mp"] = row["beyond_decode_ms"] / (row["width"] * row["height"] / 1e6)
+    if f"{BASELINE_DRAFT}_s" in row:  # what one global-view path costs the baseline per image
+        row["baseline_full_decode_extra_ms"] = (row["baseline_s"] - row[f"{BASELINE_DRAFT}_s"]) * 1e3
     if memory:
         row["memory_ratio_vs_naive"] = row["ours_mb"] / row["naive_mb"] if row["naive_mb"] > 0 else None
 
@@ -99,7 +121,8 @@ def _bench_image(name: str, path: Path, w: int, h: int, rounds: int | None, warm
         row.update({f"augment_{k}_s": v for k, v in aug.items()}, augment_draws=augment_draws)
         log(f"views {name}: augmentation " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in aug.items()))
     log(f"views {name}: ours {row['ours_s'] * 1e3:.0f} ms, naive {row['naive_s'] * 1e3:.0f} ms, "
-        f"decode {row['decode_s'] * 1e3:.0f} ms"
+        f"decode {row['decode_s'] * 1e3:.0f} ms, baseline {row['baseline_s'] * 1e3:.0f} ms"
+        + (f" (reduced-scale decode {row[f'{BASELINE_DRAFT}_s'] * 1e3:.0f} ms)" if f"{BASELINE_DRAFT}_s" in row else "")
         + (f"; peak ours {row['ours_mb']:.0f} MB, naive {row['naive_mb']:.0f} MB" if memory else ""))
     return row
 

@@ -63,18 +63,30 @@ def _train_fields(data: Path, out: Path, classes: str, split: str, quiet: bool, 
                 split_fractions=tuple(float(x) for x in split.split(",")), progress=not quiet, **same)
 
 
+def _interpolation(value: Optional[str]) -> Optional[str]:
+    """--interpolation: refused before anything is written when it is not a resize filter the views know."""
+    from ..views import INTERPOLATIONS
+
+    if value is not None and value not in INTERPOLATIONS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(INTERPOLATIONS)}")
+    return value
+
+
 @app.command()
 def train(
     ctx: typer.Context,
     data: Path = _train_option("data", "ImageFolder-style tree (real/, fake/), a manifest CSV, or a folder with manifest.csv."),
     out: Path = typer.Option(..., "--out", help="Run directory: best/, last/, metrics.jsonl, curves.png, split.csv."),
     arch: str = _train_option("arch", "glass (global + K crops) or standard (resize-only baseline)."),
-    backbone: str = _train_option("backbone", "Any timm model name (paper: resnet50, convnext_tiny, vit_base_patch16_224)."),
+    backbone: str = _train_option("backbone", "Any timm model name, or tv:NAME for torchvision's model and weights "
+                                  "(paper: tv:resnet50, tv:convnext_tiny, tv:vit_b_16; see docs/backbones.md)."),
     pretrained: bool = _train_option("pretrained"),
     weights: Optional[str] = _train_option("weights", "Local weights (.safetensors or .pth, loaded weights-only) or offline:<source>."),
     shared_backbone: bool = _train_option("shared_backbone"),
     k: int = _train_option("k", "Local crops per image."),
     sampling: str = _train_option("sampling", "Crop sampling: stratified, grid or random."),
+    interpolation: Optional[str] = typer.Option(None, callback=_interpolation, help="Global-view resize filter: bilinear "
+                                                "(the paper), bicubic, nearest, lanczos or box (default: the weights' own)."),
     epochs: int = _train_option("epochs"),
     batch_size: int = _train_option("batch_size"),
     accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -115,7 +127,8 @@ def train(
 
     opts = _train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
-        shared_backbone=shared_backbone, k=k, sampling=sampling, epochs=epochs, batch_size=batch_size, accum=accum,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, interpolation=interpolation, epochs=epochs,
+        batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,

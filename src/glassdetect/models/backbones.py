@@ -1,9 +1,10 @@
-"""The backbone factory: a timm name in, a pooled-feature extractor and its metadata out.
+"""The backbone factory: a timm (or torchvision) name in, a pooled-feature extractor and its metadata out.
 
 Where weights come from is decided here and only here (timm's own pretrained source when
-online, a local ``.safetensors``/``.pth`` file, a named offline source, or none); the model
-code never cares. The data config (mean, std, interpolation) comes from the weights' own
-pretrained config and travels in the model config, never as a global constant.
+online, a local ``.safetensors``/``.pth`` file with timm's or torchvision's key names, a named
+offline source, or none); the model code never cares. The data config (mean, std,
+interpolation) comes from the weights' own pretrained config (torchvision's for torchvision
+names and files) and travels in the model config, never as a global constant.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from .torchvision_weights import TORCHVISION_DATA_CONFIG, TorchvisionModel, convert_state_dict, detect_family, resolve_name
 
 OFFLINE_PREFIX = "offline:"
 
@@ -26,6 +29,7 @@ class Backbone:
     interpolation: str
     weights: str  # where the weights came from: "timm", "random", a file path or an offline source
     create_kwargs: dict  # timm.create_model kwargs needed to rebuild this architecture
+    name: str = ""  # the timm model built (a torchvision name resolved, e.g. tv:vit_b_16 -> vit_base_patch16_224)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -83,41 +87,37 @@ def create_backbone(
     weights: str | Path | None = None,
     **kwargs,
 ) -> Backbone:
-    """Create timm model ``name`` without its classifier (global-pooled features).
+    """Create backbone ``name`` without its classifier (global-pooled features).
 
-    ``weights``: a local file, or ``offline:<source>`` (see :mod:`glassdetect.models.offline_weights`);
-    it takes precedence over ``pretrained`` (timm's own source, needs a model hub).
+    ``name``: a timm model name (a pretrained tag such as ``resnet50.tv_in1k`` included), or a
+    torchvision name: ``tv:resnet50``, ``tv:convnext_tiny``, ``tv:vit_b_16``, ... or a bare
+    torchvision-only name such as ``vit_b_16`` (:mod:`glassdetect.models.torchvision_weights`);
+    these build timm's architecture with torchvision's data config, and with ``pretrained``
+    timm's copy of torchvision's weights where timm has one.
+    ``weights``: a local file (timm's or torchvision's key names), or ``offline:<source>`` (see
+    :mod:`glassdetect.models.offline_weights`); it takes precedence over ``pretrained`` (timm's
+    own source, needs a model hub).
     """
-    data_cfg: dict | None = None
+    tv = resolve_name(name)
+    arch = tv.timm_model if tv is not None else name
     if weights is not None:
         weights = str(weights)
         if weights.startswith(OFFLINE_PREFIX):
-            from .offline_weights import (
-                OFFLINE_WEIGHTS, check_offline_architecture, ensure_offline_weights, offline_create_kwargs,
-                offline_data_config,
-            )
-
-            source = weights[len(OFFLINE_PREFIX):]
-            if source not in OFFLINE_WEIGHTS:
-                raise ValueError(f"unknown offline weights {source!r}; known: {', '.join(sorted(OFFLINE_WEIGHTS))}")
-            if OFFLINE_WEIGHTS[source].architecture != name:
-                raise ValueError(f"offline weights {source!r} are for {OFFLINE_WEIGHTS[source].architecture!r}, not {name!r}")
-            kwargs = {**offline_create_kwargs(source), **kwargs}
-            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-            check_offline_architecture(model, source)
-            path = ensure_offline_weights(source)
-            data_cfg = offline_data_config(source)
+            model, kwargs, data_cfg = _offline_model(arch, weights[len(OFFLINE_PREFIX):], kwargs)
         else:
-            path = Path(weights)
-            kwargs, data_cfg = _file_provenance(path, name, kwargs)
-            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        load_backbone_weights(model, read_state_dict(path), str(path))
+            model, kwargs, data_cfg = _file_model(arch, Path(weights), tv, kwargs)
         origin = weights
     else:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        if pretrained and tv is not None and tv.timm_tag is None:
+            raise ValueError(
+                f"{name}: timm holds no copy of torchvision's weights for {tv.name}; pass the torchvision "
+                f"state-dict file (e.g. the one torchvision.models.{tv.name}(weights='IMAGENET1K_V1') downloads) "
+                f"with --weights FILE, or use --no-pretrained")
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **kwargs)
         origin = "timm" if pretrained else "random"
+        data_cfg = None
     if data_cfg is None:
-        data_cfg = timm.data.resolve_model_data_config(model)
+        data_cfg = dict(TORCHVISION_DATA_CONFIG) if tv is not None else timm.data.resolve_model_data_config(model)
     return Backbone(
         module=model,
         num_features=int(model.num_features),
@@ -126,7 +126,46 @@ def create_backbone(
         interpolation=str(data_cfg.get("interpolation", "bicubic")),
         weights=origin,
         create_kwargs=dict(kwargs),
+        name=arch,
     )
+
+
+def _offline_model(name: str, source: str, kwargs: dict) -> tuple[nn.Module, dict, dict | None]:
+    """(model with the weights of offline source ``source``, its create kwargs, its data config)."""
+    from .offline_weights import (
+        OFFLINE_WEIGHTS, check_offline_architecture, ensure_offline_weights, offline_create_kwargs,
+        offline_data_config,
+    )
+
+    if source not in OFFLINE_WEIGHTS:
+        raise ValueError(f"unknown offline weights {source!r}; known: {', '.join(sorted(OFFLINE_WEIGHTS))}")
+    if OFFLINE_WEIGHTS[source].architecture != name:
+        raise ValueError(f"offline weights {source!r} are for {OFFLINE_WEIGHTS[source].architecture!r}, not {name!r}")
+    kwargs = {**offline_create_kwargs(source), **kwargs}
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    check_offline_architecture(model, source)
+    path = ensure_offline_weights(source)
+    load_backbone_weights(model, read_state_dict(path), str(path))
+    return model, kwargs, offline_data_config(source)
+
+
+def _file_model(name: str, path: Path, tv: TorchvisionModel | None, kwargs: dict) -> tuple[nn.Module, dict, dict | None]:
+    """(model with the weights of file ``path``, its create kwargs, its data config or None).
+
+    A file with torchvision's key names (ConvNeXt, ViT; a ResNet's are timm's already) is
+    converted to timm's and gets torchvision's data config.
+    """
+    kwargs, data_cfg = _file_provenance(path, name, kwargs)
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    sd = read_state_dict(path)
+    family = detect_family(sd)
+    if family is not None:
+        if tv is not None and tv.family != family:
+            raise ValueError(f"{path}: a torchvision {family} state dict, not weights for {tv.name} ({tv.family})")
+        sd = convert_state_dict(sd, family, str(path))
+        data_cfg = data_cfg or dict(TORCHVISION_DATA_CONFIG)
+    load_backbone_weights(model, sd, str(path))
+    return model, kwargs, data_cfg
 
 
 def _file_provenance(path: Path, name: str, kwargs: dict) -> tuple[dict, dict | None]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..views import ViewSpec
+from ..views import INTERPOLATIONS, ViewSpec
 
 ARCHS = ("glass", "standard")
 
@@ -11,7 +11,7 @@ ARCHS = ("glass", "standard")
 @dataclass
 class ModelConfig:
     arch: str = "glass"  # "glass" (global + K local crops) or "standard" (resize-only baseline)
-    backbone: str = "resnet50"  # any timm model name
+    backbone: str = "resnet50"  # a timm model name (the factory resolves torchvision names such as tv:vit_b_16)
     k: int = 4  # local crops per image
     patch: int = 224  # crop side, at native resolution
     global_size: int = 224  # side of the resized whole-image view
@@ -25,7 +25,7 @@ class ModelConfig:
     num_features: int = 0
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"
+    interpolation: str | None = None  # global-view resize filter; None: the backbone weights' own (set by the factory)
     channels_last: bool = True  # chosen by the factory: True for convnets
     weights: str = "random"  # provenance of the initial backbone weights
     backbone_kwargs: dict = field(default_factory=dict)
@@ -40,6 +40,8 @@ class ModelConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         self.class_names = tuple(self.class_names)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.unsure_band is not None:
             lo, hi = (float(v) for v in self.unsure_band)
             if not 0.0 <= lo <= hi <= 1.0:
@@ -47,6 +49,9 @@ class ModelConfig:
             self.unsure_band = (lo, hi)
 
     def view_spec(self, max_pixels: int | None = None, mode: str | None = None) -> ViewSpec:
+        if self.interpolation is None:
+            raise ValueError("model config without an interpolation: build the model (create_model) first, "
+                             "which fills it from the backbone weights")
         extra = {} if max_pixels is None else {"max_pixels": max_pixels}
         return ViewSpec(
             k=self.k,

@@ -35,13 +35,16 @@ def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path
     """Build GLASS or the baseline for ``cfg``.
 
     The model's own config (``model.cfg``) is a copy of ``cfg`` with the data fields (features,
-    normalisation, interpolation, layout, weight provenance, backbone kwargs) filled from the
-    backbone; the caller's ``cfg`` is left as it is.
+    normalisation, layout, weight provenance, backbone kwargs) filled from the backbone, the
+    interpolation too unless ``cfg`` sets one, and a torchvision name (``tv:vit_b_16``) replaced
+    by the timm model built; the caller's ``cfg`` is left as it is.
     """
     cfg = replace(cfg, backbone_kwargs=dict(cfg.backbone_kwargs))
     first = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **cfg.backbone_kwargs)
+    cfg.backbone = first.name or cfg.backbone
     cfg.num_features = first.num_features
-    cfg.mean, cfg.std, cfg.interpolation = first.mean, first.std, first.interpolation
+    cfg.mean, cfg.std = first.mean, first.std
+    cfg.interpolation = cfg.interpolation or first.interpolation  # None: the weights' own
     cfg.channels_last = is_convnet(first.module)
     cfg.weights = first.weights
     cfg.backbone_kwargs = dict(first.create_kwargs)
