@@ -158,3 +158,6 @@ def test_final_resume_refuses_another_holdout(big_manifest, tmp_path, monkeypatc
     with pytest.raises(ValueError, match="seed-100.*split differently"):
         run_final(config, big_manifest, out, seeds=(100,))
     run_final(config, big_manifest, out, seeds=(100,), holdout_seed=None)  # the same options resume
+    with pytest.raises(ValueError, match=r"--holdout\) must be in \(0, 1\), got 1.5"):
+        run_final(config, big_manifest, tmp_path / "never", val_fraction=1.5)
+    assert not (tmp_path / "never").exists()  # refused before anything was written

@@ -130,6 +130,8 @@ def run_final(
     from .evaluate import evaluate
     from .train import TrainConfig, train
 
+    if not 0 < val_fraction < 1:  # before anything is read or written
+        raise ValueError(f"val_fraction (--holdout) must be in (0, 1), got {val_fraction}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opts = load_config(config)
