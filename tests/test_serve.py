@@ -22,6 +22,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import make_checkpoint, make_image  # noqa: E402
 from glassdetect.api import Detector  # noqa: E402
+from glassdetect.batcher import BatchConfig, Batcher, run_isolated  # noqa: E402
+from glassdetect.bench.serve import serving  # noqa: E402
 from glassdetect.serve import create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,9 +41,11 @@ def det(ckpt):
     return Detector.from_pretrained(ckpt, "cpu")
 
 
-@pytest.fixture(scope="module")
-def client(det):
-    with TestClient(create_app(det, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)) as c:
+@pytest.fixture(scope="module", params=[8, 1], ids=["batched", "unbatched"])
+def client(det, request):
+    """The in-process app, batching and with ``max_batch=1``: every limit holds in both."""
+    app = create_app(det, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, batch=BatchConfig(max_batch=request.param))
+    with TestClient(app) as c:
         yield c
 
 
@@ -280,3 +284,198 @@ def test_upload_page_in_a_real_browser(server, jpeg, tmp_path):
             assert page.is_hidden("#result")
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------------------- batching
+
+def _post_all(base: str, uploads: list[tuple[str, bytes]], explain: bool = False) -> list[httpx.Response]:
+    """All uploads at once, one connection each (so the batched service gets them together)."""
+    async def main():
+        async with httpx.AsyncClient(base_url=base, timeout=60,
+                                     limits=httpx.Limits(max_connections=len(uploads) + 1)) as cl:
+            return await asyncio.gather(*(
+                cl.post("/v1/detect", files={"file": (name, data, "application/octet-stream")},
+                        data={"explain": "true"} if explain else {})
+                for name, data in uploads))
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory):
+    """Six images of different sizes and formats (different crop positions per image)."""
+    d = tmp_path_factory.mktemp("batch_imgs")
+    out = []
+    for i, (h, w, ext) in enumerate([(240, 320, "jpg"), (300, 200, "png"), (180, 180, "jpg"), (256, 400, "webp"),
+                                     (400, 300, "jpg"), (128, 160, "png")]):
+        make_image(d / f"b{i}.{ext}", h, w, seed=30 + i)
+        out.append((f"b{i}.{ext}", (d / f"b{i}.{ext}").read_bytes()))
+    return out
+
+
+def _same_verdict(a: dict, b: dict) -> None:
+    assert a["fake_probability"] == pytest.approx(b["fake_probability"], abs=1e-5)
+    assert a["decision"] == b["decision"] and a["image_size"] == b["image_size"] and a["filename"] == b["filename"]
+    assert [c["box"] for c in a["crops"]] == [c["box"] for c in b["crops"]]
+    assert [c["weight"] for c in a["crops"]] == pytest.approx([c["weight"] for c in b["crops"]], abs=1e-5)
+    assert [c["score"] for c in a["crops"]] == pytest.approx([c["score"] for c in b["crops"]], abs=1e-5)
+
+
+def test_batched_service_equals_unbatched_per_image(det, uploads):
+    batched_app = create_app(det, batch=BatchConfig(max_batch=8, max_wait_ms=500))
+    with TestClient(create_app(det, batch=BatchConfig(max_batch=1))) as plain, serving(batched_app) as base:
+        for explain in (False, True):
+            got = _post_all(base, uploads, explain)
+            assert [r.status_code for r in got] == [200] * len(uploads), [r.text for r in got]
+            for (name, data), r in zip(uploads, got):
+                ref = post_file(plain, data, name, **({"explain": "true"} if explain else {}))
+                assert ref.status_code == 200
+                _same_verdict(r.json(), ref.json())
+                assert ("evidence_map" in r.json()) == explain
+                if explain:
+                    assert r.json()["evidence_map"].startswith("data:image/png;base64,")
+                    assert r.json()["evidence_map"] == ref.json()["evidence_map"]
+        stats = httpx.get(base + "/healthz").json()["batching"]
+    assert stats["max_batch"] == 8 and stats["images"] == 2 * len(uploads)
+    assert stats["largest"] > 1 and stats["batches"] < 2 * len(uploads), stats  # requests really shared passes
+
+
+class _PoisonDetector(Detector):
+    """Fails any forward pass that contains the image named 'poison.jpg'."""
+
+    def run_batch(self, batch):
+        if any(it["name"] == "poison.jpg" for it in batch["items"]):
+            raise ValueError("poison.jpg: the model refuses this one")
+        return super().run_batch(batch)
+
+
+def test_mixed_good_and_bad_files_in_one_batch(ckpt, det, bad_images_dir, jpeg):
+    d, expected = bad_images_dir
+    names = sorted(expected)
+    files = [(n, (d / n).read_bytes()) for n in names] + [("poison.jpg", jpeg.read_bytes())]
+    poisoned = _PoisonDetector.from_pretrained(ckpt, "cpu")
+    app = create_app(poisoned, batch=BatchConfig(max_batch=len(files), max_wait_ms=500))
+    with serving(app) as base:
+        got = _post_all(base, files)
+        stats = httpx.get(base + "/healthz").json()["batching"]
+    for (name, data), r in zip(files, got):
+        assert r.status_code < 500, (name, r.status_code, r.text)
+        if name == "poison.jpg":
+            assert r.status_code == 422 and "refuses" in r.json()["detail"]
+        elif expected[name].ok:
+            assert r.status_code == 200, (name, r.text)
+            assert r.json()["fake_probability"] == pytest.approx(det.predict(data).probability, abs=1e-5), name
+        else:
+            assert r.status_code in (415, 422) and r.json()["detail"], name
+    assert stats["retried_alone"] >= 1 and stats["largest"] > 1, stats
+
+
+class _SlowDetector(Detector):
+    def run_batch(self, batch):
+        time.sleep(1.5)
+        return super().run_batch(batch)
+
+
+def test_healthz_answers_while_a_slow_batch_runs(ckpt, jpeg):
+    slow = _SlowDetector.from_pretrained(ckpt, "cpu")
+    app = create_app(slow, batch=BatchConfig(max_batch=4, max_wait_ms=50), concurrency=1)
+    data = jpeg.read_bytes()
+
+    async def main(base):
+        async with httpx.AsyncClient(base_url=base, timeout=60) as cl:
+            posts = [asyncio.ensure_future(cl.post("/v1/detect", content=data, headers={"content-type": "image/jpeg"}))
+                     for _ in range(3)]
+            while (await cl.get("/healthz")).json()["in_flight"] < 3:  # all three inside the service
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # the forward pass (1.5 s) is under way
+            probes = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                h = await cl.get("/healthz")
+                probes.append((time.perf_counter() - t0, h.json()["in_flight"]))
+            return probes, await asyncio.gather(*posts)
+
+    with serving(app) as base:
+        probes, answers = asyncio.run(main(base))
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert all(in_flight >= 1 for _, in_flight in probes), probes  # the slow batch was still running
+    assert max(t for t, _ in probes) < 0.5, probes
+
+
+class _CountingDetector(Detector):
+    calls: list[str]
+
+    def predict(self, *args, **kwargs):
+        self.calls.append("predict")
+        return super().predict(*args, **kwargs)
+
+
+def test_max_batch_1_is_the_unbatched_path(ckpt, jpeg):
+    counting = _CountingDetector.from_pretrained(ckpt, "cpu")
+    counting.calls = []
+    app = create_app(counting, batch=BatchConfig(max_batch=1, max_wait_ms=500))
+    with TestClient(app) as c:
+        t0 = time.perf_counter()
+        r = post_file(c, jpeg.read_bytes(), "photo.jpg")
+        assert r.status_code == 200 and time.perf_counter() - t0 < 0.5  # no waiting for company
+        h = c.get("/healthz").json()["batching"]
+    assert counting.calls == ["predict"]  # the request's own forward pass, as before batching existed
+    assert h == {"max_batch": 1, "max_wait_ms": 500.0}
+    with TestClient(create_app(counting)) as c:  # the default on the CPU: no batching
+        assert c.get("/healthz").json()["batching"]["max_batch"] == 1
+
+
+def test_max_batch_auto_by_device():
+    assert BatchConfig().resolved("cpu") == BatchConfig(max_batch=1)
+    assert BatchConfig(max_wait_ms=3).resolved("cuda") == BatchConfig(max_batch=8, max_wait_ms=3)
+    assert BatchConfig(max_batch=4).resolved("cpu").max_batch == 4  # an explicit choice stays
+
+
+def test_a_lone_request_does_not_wait_for_a_batch(det, jpeg):
+    app = create_app(det, batch=BatchConfig(max_batch=8, max_wait_ms=2000))
+    with TestClient(app) as c:
+        t0 = time.perf_counter()
+        assert post_file(c, jpeg.read_bytes()).status_code == 200
+        assert time.perf_counter() - t0 < 1.5  # nobody else was preparing: the batch of one ran at once
+        assert c.get("/healthz").json()["batching"]["batches"] == 1
+
+
+def test_batch_config_is_checked():
+    for bad in ({"max_batch": -1}, {"max_wait_ms": -1}):
+        with pytest.raises(ValueError, match="max_"):
+            BatchConfig(**bad)
+    assert not BatchConfig(max_batch=1).batched and BatchConfig(max_batch=2).batched
+
+
+def test_batcher_groups_up_to_max_batch_and_isolates_failures():
+    seen: list[list[int]] = []
+
+    def run(items):
+        seen.append(list(items))
+        if 3 in items:
+            raise RuntimeError("three is bad")
+        return [i * 10 for i in items]
+
+    async def main():
+        b = Batcher(run, BatchConfig(max_batch=4, max_wait_ms=200))
+        with b.expecting():  # one more request is on its way: the first batch waits for company
+            first = [asyncio.ensure_future(b.submit(i)) for i in range(6)]
+            await asyncio.sleep(0.05)
+        results = await asyncio.gather(*first, return_exceptions=True)
+        await b.stop()
+        return results, b.stats
+
+    results, stats = asyncio.run(main())
+    assert results[:3] == [0, 10, 20] and isinstance(results[3], RuntimeError) and results[4:] == [40, 50]
+    assert max(len(s) for s in seen) == 4 and seen[0] == [0, 1, 2, 3]  # the failing batch, then each alone
+    assert stats.retried_alone == 1 and stats.images == 6
+    # a batch answering with the wrong number of results is split too
+    assert run_isolated(lambda items: [len(items)], ["a", "b"]) == ([1, 1], True)
+
+
+def test_serve_cli_checks_the_batch_options(ckpt):
+    from typer.testing import CliRunner
+
+    from glassdetect.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(ckpt), "--max-batch", "-2"])
+    assert r.exit_code != 0 and "max_batch" in r.output

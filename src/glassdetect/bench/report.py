@@ -104,6 +104,10 @@ def to_markdown(res: dict[str, Any]) -> str:
         lines += _model(res["model"])
     if res.get("predict"):
         lines += _predict(res["predict"])
+    if res.get("serve"):
+        from .serve import serve_markdown
+
+        lines += serve_markdown(res["serve"])
     if res.get("goals"):
         lines += _goals(res["goals"])
     return "\n".join(lines)

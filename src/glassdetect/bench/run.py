@@ -1,4 +1,7 @@
-"""``glassdetect bench [views|model|predict|all]``: the parts in one run, with the machine they ran on."""
+"""``glassdetect bench [views|model|predict|serve|all]``: the parts in one run, with the machine they ran on.
+
+``all`` is views, model and predict; ``serve`` (the HTTP service, batched vs unbatched) runs on its own.
+"""
 from __future__ import annotations
 
 import os
@@ -16,7 +19,10 @@ from .common import BACKBONES, GOAL_SIZES, JPEG_SIZES, PARTS
 from .goals import evaluate_goals
 from .model import bench_model
 from .predict import bench_predict
+from .serve import ServeBenchConfig, bench_serve
 from .views import bench_views
+
+SERVE = "serve"  # not part of "all": it measures the service, not the pipeline
 
 
 def environment() -> dict[str, Any]:
@@ -44,9 +50,9 @@ def run_bench(
     threads: int = 0,
     workdir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the requested parts (``views``, ``model``, ``predict`` or ``all``); returns the results dict."""
-    if what not in (*PARTS, "all"):
-        raise ValueError(f"unknown bench part {what!r}; choose one of {', '.join(PARTS)} or all")
+    """Run the requested parts (``views``, ``model``, ``predict``, ``serve`` or ``all``); returns the results dict."""
+    if what not in (*PARTS, SERVE, "all"):
+        raise ValueError(f"unknown bench part {what!r}; choose one of {', '.join((*PARTS, SERVE))} or all")
     parts = PARTS if what == "all" else (what,)
     res: dict[str, Any] = {"command": f"glassdetect bench {what}{' --quick' if quick else ''}", "quick": quick,
                            "environment": environment()}
@@ -61,6 +67,9 @@ def run_bench(
                                        fold_bn_ks=() if quick else None)
         if "predict" in parts:
             res["predict"] = bench_predict(tmp, n_images=24 if quick else 48, device=device, threads=threads)
+        if SERVE in parts:
+            res["serve"] = bench_serve(tmp, ServeBenchConfig(device=device, threads=threads,
+                                                             requests=12 if quick else 24, images=4 if quick else 8))
     res["goals"] = evaluate_goals(res)
     res["elapsed_s"] = time.perf_counter() - t_start
     res["environment"]["load_average_end"] = os.getloadavg()

@@ -198,7 +198,9 @@ def serve(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8000),
-    concurrency: int = typer.Option(2, help="Inferences running at once (worker threads)."),
+    concurrency: int = typer.Option(2, help="Inferences (forward passes) running at once, in worker threads."),
+    max_batch: int = typer.Option(0, "--max-batch", help="Concurrent requests share one forward pass of up to this many images; 1 = one pass per request; 0 = auto: 8 on a GPU, 1 on the CPU (where a batch is no faster per image)."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a batch waits for requests still building their views (ms)."),
     threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
     device: str = typer.Option("auto"),
     max_mb: float = typer.Option(20.0, "--max-mb", help="Largest upload in MiB (413 above)."),
@@ -221,6 +223,6 @@ def serve(
         run_serve(checkpoint, host, port, device=device, threads=threads, concurrency=concurrency,
                   max_bytes=int(max_mb * 2**20), max_pixels=max_pixels, threshold=threshold,
                   unsure=False if unsure is None else unsure, draws=draws, mode=mode, log_level=log_level,
-                  access_log=access_log)
+                  access_log=access_log, max_batch=max_batch, max_wait_ms=max_wait_ms)
     except ValueError as exc:
         _fail(str(exc))

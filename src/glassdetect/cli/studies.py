@@ -117,7 +117,7 @@ def demo(
 
 @app.command()
 def bench(
-    what: str = typer.Argument("all", help="views, model, predict or all."),
+    what: str = typer.Argument("all", help="views, model, predict, serve (the HTTP service, unbatched vs batched) or all (views, model, predict)."),
     quick: bool = typer.Option(False, "--quick", help="Views at 12 and 24 MP, one backbone, fewer images (under 3 minutes)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the raw results as JSON here."),
     md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown tables here."),
@@ -125,7 +125,7 @@ def bench(
     threads: int = typer.Option(0, help="Torch threads for the model (0 = auto); view building always uses one, as a worker."),
     workdir: Optional[Path] = typer.Option(None, help="Where the generated images go (default: the system temp folder)."),
 ) -> None:
-    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak) and predict overlap."""
+    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak), predict overlap, or the service's throughput (serve)."""
     from ..bench import run_bench, to_markdown
 
     try:
