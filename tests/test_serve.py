@@ -129,8 +129,9 @@ def test_every_bad_image_is_a_clean_4xx(client, bad_images_dir):
             assert r.status_code in (415, 422) and r.json()["detail"], name
 
 
-def test_busy_server_answers_503(det, jpeg):
-    with TestClient(create_app(det, max_waiting=0)) as c:
+@pytest.mark.parametrize("max_batch", [8, 1])
+def test_busy_server_answers_503(det, jpeg, max_batch):
+    with TestClient(create_app(det, max_waiting=0, batch=BatchConfig(max_batch=max_batch))) as c:
         r = post_file(c, jpeg.read_bytes())
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
@@ -321,7 +322,7 @@ def _same_verdict(a: dict, b: dict) -> None:
 
 
 def test_batched_service_equals_unbatched_per_image(det, uploads):
-    batched_app = create_app(det, batch=BatchConfig(max_batch=8, max_wait_ms=500))
+    batched_app = create_app(det, batch=BatchConfig(max_batch=8, max_wait_ms=2000))
     with TestClient(create_app(det, batch=BatchConfig(max_batch=1))) as plain, serving(batched_app) as base:
         for explain in (False, True):
             got = _post_all(base, uploads, explain)
@@ -353,7 +354,7 @@ def test_mixed_good_and_bad_files_in_one_batch(ckpt, det, bad_images_dir, jpeg):
     names = sorted(expected)
     files = [(n, (d / n).read_bytes()) for n in names] + [("poison.jpg", jpeg.read_bytes())]
     poisoned = _PoisonDetector.from_pretrained(ckpt, "cpu")
-    app = create_app(poisoned, batch=BatchConfig(max_batch=len(files), max_wait_ms=500))
+    app = create_app(poisoned, batch=BatchConfig(max_batch=len(files), max_wait_ms=2000))  # all in one batch
     with serving(app) as base:
         got = _post_all(base, files)
         stats = httpx.get(base + "/healthz").json()["batching"]
