@@ -1,4 +1,4 @@
-"""Commands that use a checkpoint: evaluate, robustness, predict, calibrate, export, serve."""
+"""Commands that use a checkpoint: evaluate, robustness, predict (and merge, for its sharded parts), calibrate, export, serve."""
 from __future__ import annotations
 
 import sys
@@ -86,8 +86,8 @@ def robustness(
 def predict(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + config.json)."),
     inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive), glob patterns ('imgs/**/*.jpg') or a CSV with a 'path' column."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table here (default: stdout)."),
-    fmt: str = typer.Option("csv", "--format", help="csv or jsonl. Columns: path, fake_probability, decision, crops, draws, spread, error."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table here (default: stdout); appended batch by batch, each batch written whole and synced."),
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl. Columns: path, fake_probability, decision, crops, draws, spread, error (+ sha256 with --dedupe)."),
     draws: int = typer.Option(1, help="Average N stratified crop draws per image; 'spread' is their standard deviation."),
     mode: Optional[str] = typer.Option(None, help="Crop mode: stratified, grid (every grid cell) or random (default: the model's)."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold on the fake probability (default: the checkpoint's)."),
@@ -99,12 +99,22 @@ def predict(
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0, help="Crop seed (crops are a function of image content, seed and draw)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this many pixels."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in --out (a partial last row is cut away) and score only the paths without one; each path gets one row."),
+    shard: str = typer.Option("auto", "--shard", help="I/N: score only shard I (from 0) of N, by a hash of each path, into OUT.part-0000I-of-0000N. 'auto' (with --out): from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT when there are more than 1; 'off': never."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Add a sha256 column (of each file's bytes); with --resume, a file whose content already has a row is not scored again: its row is copied."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: decode in Ray tasks and score in an actor pool on a Ray cluster (pip install 'glassdetect[ray]'; --workers/--threads do not apply; no --explain or --dedupe yet; docs/ray.md)."),
+    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: the cluster ('auto', 'ray://HEAD:10001'; default: RAY_ADDRESS or a local Ray for this run)."),
+    num_gpus_per_worker: Optional[float] = typer.Option(None, "--num-gpus-per-worker", help="--engine ray: GPUs per model actor (default: 1 if the cluster has GPUs, else 0)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="--engine ray: model actors (default: one per GPU, or 1 without GPUs)."),
 ) -> None:
-    """Score images: one row per input (CSV or JSON Lines). A file that fails gets an error row; exit code 1 if any did."""
-    from ..predict import FORMATS, RowWriter
-    from ..predict import predict as run_predict
+    """Score images: one row per input (CSV or JSON Lines). A file that fails gets an error row; exit code 1 if any did.
+
+    For archives: --resume continues an interrupted run, --shard splits one over processes or array tasks, and
+    `glassdetect merge` joins the part files (docs/scanning.md)."""
+    from ..predict import FORMATS, Scan, columns_for
     from ..sampling import MODES
+    from ..shards import resolve_shard
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -112,29 +122,103 @@ def predict(
         _fail(f"--mode must be {', '.join(MODES[:-1])} or {MODES[-1]}")
     if not (checkpoint / "config.json").is_file():
         _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(out, "w", newline="", encoding="utf-8") if out is not None else sys.stdout
+    if resume and out is None:
+        _fail("--resume needs --out (the file to continue)")
+    if out is None and shard.strip().lower() == "auto":
+        shard = "off"  # rows on stdout: sharded only when asked for by --shard I/N
+    try:
+        scan = Scan(shard=resolve_shard(shard), hash_content=dedupe)
+    except ValueError as exc:
+        _fail(str(exc))
+    options = dict(batch_size=batch_size, workers=workers, device=device, threads=threads, seed=seed, draws=draws,
+                   mode=mode, threshold=threshold, unsure=False if unsure is None else unsure, explain_dir=explain,
+                   max_pixels=max_pixels, progress=False if quiet else None)
+    batches = None  # the local engine
+    if engine == "ray":
+        from ..ray_engine import RayOptions
+        from ..ray_engine import engine as ray_engine
+
+        try:
+            batches = ray_engine(RayOptions(address, num_gpus_per_worker, concurrency, progress=not quiet and sys.stderr.isatty()),
+                                 explain, dedupe)
+        except ValueError as exc:
+            _fail(str(exc))
+    elif engine != "local":
+        _fail("--engine must be local or ray")
+    failed, total = _predict_rows(checkpoint, inputs, out, fmt, columns_for(dedupe), resume, scan, options, batches)
+    if failed:
+        console.print(f"[yellow]{failed} of {total} file(s) failed[/yellow] (see the error column)")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _predict_rows(checkpoint: Path, inputs: list[str], out: Optional[Path], fmt: str, columns: tuple[str, ...],
+                  resume: bool, scan, options: dict, batches=None) -> tuple[int, int]:
+    """Run `predict` into stdout or (shard part of) ``out``, one write per batch; (failed, total) rows written.
+    ``batches``: the engine (default :func:`glassdetect.predict.predict_batches`)."""
+    from ..predict import RowFormatter, predict_batches
+    from ..shards import open_output, part_path
+
+    target = part_path(out, scan.shard) if out is not None else None
+    if scan.shard is not None:
+        console.print(f"{scan.shard}" + (f": writing {target}" if target else ": rows to stdout"), markup=False, soft_wrap=True)
+    formatter = RowFormatter(fmt, columns)
+    sink = None
     failed = total = 0
     try:
-        writer = RowWriter(stream, fmt)
-        rows = run_predict(checkpoint, inputs, batch_size, workers, device, threads, seed, draws=draws, mode=mode,
-                           threshold=threshold, unsure=False if unsure is None else unsure, explain_dir=explain,
-                           max_pixels=max_pixels, progress=False if quiet else None)
-        for row in rows:
-            total += 1
-            failed += bool(row.error)
-            writer.write(row)
+        if target is not None:
+            sink, existing = open_output(target, fmt, columns, resume, keep_hashes=scan.hash_content)
+            if resume:
+                scan.done, scan.known = existing.paths, existing.by_hash
+                cut = ", a partial last row cut away" if existing.partial else ""
+                console.print(f"resuming {target}: {existing.rows} row(s) already there{cut}", markup=False, soft_wrap=True)
+        else:
+            sys.stdout.write(formatter.header())
+        for rows in (batches or predict_batches)(checkpoint, inputs, scan=scan, **options):
+            total += len(rows)
+            failed += sum(bool(r.error) for r in rows)
+            if sink is not None:
+                sink.append(formatter.lines(rows))
+            else:
+                sys.stdout.write(formatter.lines(rows))
+                sys.stdout.flush()
     except ValueError as exc:
         _fail(str(exc))
     finally:
-        if out is not None:
-            stream.close()
-    if failed:
-        console.print(f"[yellow]{failed} of {total} file(s) failed[/yellow] (see the error column)")
-    if out is not None:
-        console.print(f"wrote {total} row(s) to {out}")
-    raise typer.Exit(1 if failed else 0)
+        if sink is not None:
+            sink.close()
+    if target is not None:
+        notes = [f"{n} {what}" for n, what in ((scan.skipped, "already there"), (scan.elsewhere, "for other shards")) if n]
+        console.print(f"wrote {total} row(s) to {target}" + (f" (inputs skipped: {', '.join(notes)})" if notes else ""),
+                      markup=False, soft_wrap=True)
+    return failed, total
+
+
+@app.command()
+def merge(
+    parts: list[Path] = typer.Argument(..., help="Part files of a sharded predict (OUT.part-00000-of-00008 ...), CSV or JSON Lines, in the order to write them."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged table (written atomically, header once)."),
+    inputs: Optional[list[str]] = typer.Option(None, "--inputs", help="What predict was given (files, folders, globs, CSV lists; repeat the option): every path must have a row."),
+    force: bool = typer.Option(False, "--force", help="Write --out even when rows are missing or duplicated (the exit code is still 1)."),
+) -> None:
+    """Join the part files of a sharded `predict` into one table; checks that no path has two rows, that no
+    numbered part is missing or cut short, and (with --inputs) that every input has a row. Exit code 1 if not."""
+    from ..predict import iter_inputs
+    from ..shards import MergeError, merge_parts
+
+    listed = None if not inputs else (str(p) for p in iter_inputs(inputs))
+    try:
+        report = merge_parts(parts, out, listed, force=force)
+    except MergeError as exc:
+        report = exc.report
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for line in report.lines():
+        console.print(line, style="yellow", markup=False, soft_wrap=True, highlight=False)
+    if report.ok or force:
+        console.print(f"wrote {report.rows} row(s) from {report.parts} part(s) to {out}", markup=False, soft_wrap=True)
+    else:
+        console.print(f"{out} not written (--force writes it anyway)", style="red", markup=False, soft_wrap=True)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()
