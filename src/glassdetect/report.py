@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -79,3 +80,23 @@ def per_run_table(runs: Sequence[Mapping], metrics: Iterable[str], label: str = 
             cells.append("n/a" if v is None else f"{v:.{digits}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    """Loss (train, validation) and validation accuracy / AUC against the epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
+    ax[1].plot(ep, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
+    ax[1].plot(ep, [h["val_auc"] if h["val_auc"] is not None else float("nan") for h in history], "s--", label="val AUC")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylim(0, 1), ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -23,92 +23,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import distributed as ddp
-from .decision import fake_probability
 from .degrade import parse as parse_degradation
-from .data import (
-    Sample, assign_splits, carve_val, check_no_leak, load_samples, read_split, write_split,
-)
-from .metrics import binary_metrics
-from .models import ModelConfig, create_model, save_checkpoint
-from .models.config import check_fields
+from .data import Sample
+from .models import create_model, save_checkpoint
 from .models.factory import load_weights, WEIGHTS_NAME
-from .pipeline import ViewDataset, forward, infer, make_loader
+from .pipeline import forward, make_loader
+from .report import plot_training_curves
+from .train_data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss: also used by the tests
+    TrainData, build_data, evaluate_loss, split_samples, split_samples as _split_samples,
+)
 from .runtime import configure_threads, resolve_device, torch_threads
-from .limits import DEFAULT_MAX_PIXELS
+from .train_config import TrainConfig
 
 STATE_NAME = "trainer_state.pt"
-
-
-@dataclass
-class TrainConfig:
-    data: str = ""
-    out: str = "runs/glass"
-    # model
-    arch: str = "glass"
-    backbone: str = "resnet50"
-    pretrained: bool = True
-    weights: str | None = None
-    shared_backbone: bool = False
-    k: int = 4
-    patch: int = 224
-    interpolation: str | None = None  # global-view resize filter (bilinear, bicubic, ...); None: the weights' own
-    sampling: str = "stratified"
-    dropout: float = 0.1
-    freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 16
-    accum: int = 1
-    lr_global: float = 1e-5  # GLASS global backbone; the baseline's backbone
-    lr_local: float = 1e-5
-    lr_head: float = 1e-4  # attention + classifier (GLASS), classifier (baseline)
-    wd_global: float = 1e-4
-    wd_local: float = 1e-4
-    wd_head: float = 1e-4
-    label_smoothing: float = 0.1
-    min_lr: float = 1e-6
-    # data
-    class_names: tuple[str, ...] = ("real", "fake")
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    # Seed of the train/val/test split of data that has none (and of the val carve-out of data
-    # with train and test only): independent of ``seed``, so runs with different training seeds
-    # are evaluated on the same test images.
-    split_seed: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    augment: str = "none"  # degradations of training images before their views (glassdetect.degrade spec or preset)
-    # runtime
-    seed: int = 0
-    workers: int = 2
-    threads: int = 0
-    device: str = "auto"
-    amp: bool = True
-    progress: bool = True
-    resume: bool = False
-    sync_bn: bool = False  # DistributedDataParallel only: BatchNorm statistics over the global batch
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
-                           shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
-                           interpolation=self.interpolation)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Options from a dict (a JSON config, a checkpoint's ``train``). One written before
-        ``split_seed`` existed drew its split with ``seed``; it keeps that split."""
-        check_fields(cls, d, "training options")
-        d = dict(d)
-        if "split_seed" not in d and "seed" in d:
-            d["split_seed"] = d["seed"]
-        for key in ("class_names", "split_fractions"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -141,84 +73,6 @@ def freeze_leading(backbone: nn.Module, n_groups: int) -> int:
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
-
-
-def _split_samples(cfg: TrainConfig, out: Path) -> list[Sample]:
-    samples = load_samples(cfg.data, cfg.class_names)
-    if not samples:
-        raise ValueError(f"{cfg.data}: no images found")
-    saved = out / "split.csv"
-    if cfg.resume and saved.exists():
-        where = read_split(saved)
-        samples = [s if s.split else type(s)(**{**asdict(s), "split": where.get(s.path, "")}) for s in samples]
-    samples = assign_splits(samples, cfg.split_fractions, cfg.split_seed)
-    samples = _carve_missing_val(samples, cfg)
-    check_no_leak(samples)
-    ddp.barrier()  # under DDP every rank has read split.csv before rank 0 rewrites it
-    if ddp.is_main():
-        write_split(samples, saved)
-    return samples
-
-
-def _carve_missing_val(samples: list[Sample], cfg: TrainConfig) -> list[Sample]:
-    """Data that comes with train (and test) but no val split, e.g. Kaggle's ``ROOT/{train,test}/{real,fake}``:
-    carve val out of train, grouped and stratified, seeded by ``split_seed``, in the train:val
-    ratio of ``split_fractions`` (0.7, 0.15 -> 15/85 of train)."""
-    if any(s.split == "val" for s in samples) or not any(s.split == "train" for s in samples):
-        return samples
-    f_train, f_val = cfg.split_fractions[0], cfg.split_fractions[1]
-    if f_val <= 0 or f_train <= 0:
-        return samples  # no val wanted: the check after the split names the problem
-    return carve_val(samples, f_val / (f_train + f_val), cfg.split_seed)
-
-
-def _plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
-    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
-    ax[1].plot(ep, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
-    ax[1].plot(ep, [h["val_auc"] if h["val_auc"] is not None else float("nan") for h in history], "s--", label="val AUC")
-    ax[1].set_xlabel("epoch"), ax[1].set_ylim(0, 1), ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _val_metrics(prob_fake: np.ndarray, logits: np.ndarray, labels: np.ndarray, errors: list, smoothing: float) -> dict:
-    m = binary_metrics(prob_fake, labels)
-    if len(labels):
-        loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
-                                           label_smoothing=smoothing)
-        m["loss"] = float(loss)
-    else:
-        m["loss"] = float("nan")
-    m["errors"] = errors
-    return m
-
-
-def evaluate_loss(model: nn.Module, loader, shard: list[int], val_s: list[Sample], device: torch.device,
-                  amp: bool, smoothing: float) -> dict:
-    """Validation metrics (deterministic crops) plus the mean loss. Each rank infers its shard
-    (``shard[i]`` is the global index of its i-th image; a single process holds every image);
-    predictions are gathered and every rank computes the same metrics over the whole set."""
-    preds = infer(model, loader, device, amp)
-    parts = ddp.all_gather_object(([shard[i] for i in preds.index], preds.logits, preds.errors))
-    idx = np.array([i for p in parts for i in p[0]], dtype=np.int64)
-    n_cls = preds.logits.shape[1]
-    logits = np.concatenate([p[1].reshape(-1, n_cls) for p in parts]).astype(np.float32)
-    order = np.argsort(idx, kind="stable")
-    idx, logits = idx[order], logits[order]
-    # The gathered logits are temperature-scaled already (runtime.infer): T = 1 here.
-    prob = fake_probability(torch.from_numpy(logits)).numpy() if len(logits) else np.zeros(0, np.float32)
-    labels = np.array([val_s[i].label for i in idx], dtype=int)
-    return _val_metrics(prob, logits, labels, [e for p in parts for e in p[2]], smoothing)
 
 
 def _dummy_inputs(spec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -254,19 +108,6 @@ def train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = N
 
 
 @dataclass
-class _Data:
-    """The training set with its seeded per-epoch order, and this process's share of the validation set."""
-
-    spec: object  # the model's ViewSpec
-    train_ds: ViewDataset
-    sampler: ddp.ShardSampler
-    local_batch: int  # this process's share of the global batch
-    val_s: list[Sample]
-    val_shard: list[int]  # global indices of the validation images this process infers
-    val_loader: object
-
-
-@dataclass
 class _Run:
     """What one training run holds fixed across epochs."""
 
@@ -279,7 +120,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    data: _Data
+    data: TrainData
 
 
 @dataclass
@@ -299,7 +140,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     out.mkdir(parents=True, exist_ok=True)
     configure_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    samples = _split_samples(cfg, out)
+    samples = split_samples(cfg, out)
     train_s = [s for s in samples if s.split == "train"]
     val_s = [s for s in samples if s.split == "val"]
     if not train_s or not val_s:
@@ -308,7 +149,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
 
     model, net, frozen = _build_model(cfg, dist, device)
     optimizer, scheduler, scaler = _build_optimizer(cfg, model, device)
-    data = _build_data(cfg, dist, device, model.cfg.view_spec(cfg.max_pixels), train_s, val_s, augment)
+    data = build_data(cfg, dist, device, model.cfg.view_spec(cfg.max_pixels), train_s, val_s, augment)
     run = _Run(cfg, dist, device, out, model, net, optimizer, scheduler, scaler, data)
     progress = _resume(run) if cfg.resume and (out / "last" / STATE_NAME).exists() else _Progress()
     meta = {"train": _jsonable(asdict(cfg)), "frozen_parameters": frozen, "device": str(device)}
@@ -336,7 +177,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
         if dist.is_main:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            _plot_curves(progress.history, out / "curves.png")
+            plot_training_curves(progress.history, out / "curves.png")
         improved = val["accuracy"] is not None and val["accuracy"] > progress.best_acc
         if improved:
             progress.best_acc = val["accuracy"]
@@ -387,19 +228,6 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device):
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     return optimizer, scheduler, scaler
-
-
-def _build_data(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, spec, train_s: list[Sample],
-                val_s: list[Sample], augment) -> _Data:
-    """``spec``: the model's views (``model.cfg``, filled from the backbone: normalisation, interpolation ...)."""
-    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed, degrade=augment)  # validation stays clean
-    # One explicit, seeded order per epoch; under DDP each rank takes its share of the same order.
-    local_batch = cfg.batch_size // dist.world_size
-    sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
-    val_shard = list(range(dist.rank, len(val_s), dist.world_size))
-    val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
-                             local_batch, cfg.workers, device=device)
-    return _Data(spec, train_ds, sampler, local_batch, val_s, val_shard, val_loader)
 
 
 # ------------------------------------------------------------------------------ one epoch
