@@ -15,13 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_checkpoint, make_image
 from typer.testing import CliRunner
 
-from conftest import make_checkpoint, make_image
 from glassdetect.cli import app
 from glassdetect.predict import COLUMNS, Scan, expand_inputs, predict, walk_images
 from glassdetect.shards import (
-    Shard, merge_parts, open_output, parse_shard, part_path, resolve_shard, scan_output, shard_from_env,
+    Shard,
+    merge_parts,
+    open_output,
+    parse_shard,
+    part_path,
+    resolve_shard,
+    scan_output,
+    shard_from_env,
 )
 
 FAST = ["--workers", "0", "--threads", "1", "--quiet", "--device", "cpu"]
@@ -80,8 +87,10 @@ def test_shard_options_and_environment():
             parse_shard(bad)
     assert shard_from_env({}) is None and shard_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
     assert shard_from_env({"WORLD_SIZE": "4", "RANK": "2"}) == Shard(2, 4)
-    assert shard_from_env({"SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_MIN": "1"}) == Shard(7, 8)
-    stepped = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2"}
+    one_based = {"SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_MIN": "1"}
+    assert shard_from_env(one_based) == Shard(7, 8)
+    stepped = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0",
+               "SLURM_ARRAY_TASK_STEP": "2"}
     assert shard_from_env(stepped) == Shard(2, 3)
     both = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "1", "WORLD_SIZE": "2", "RANK": "1"}
     assert shard_from_env(both) == Shard(3, 6)  # task 1 of 3, rank 1 of 2
@@ -206,7 +215,9 @@ def test_sharded_parts_merge_to_the_single_run(ckpt, images, tmp_path, monkeypat
     r = cli("merge", *parts, "--out", merged, "--inputs", images, "--inputs", missing)
     assert r.exit_code == 0, r.output
     got, want = (sorted(data_rows(f), key=lambda r: r["path"]) for f in (merged, single))
-    numbers = lambda rows: [float(r.pop(c) or -1) for r in rows for c in ("fake_probability", "spread")]  # noqa: E731
+    def numbers(rows):
+        return [float(r.pop(c) or -1) for r in rows for c in ("fake_probability", "spread")]
+
     assert numbers(got) == pytest.approx(numbers(want), abs=2e-6)  # other batch neighbours: last-digit float noise only
     assert got == want
     r = cli("merge", *parts[:2], "--out", tmp_path / "short.csv", "--inputs", images, "--inputs", missing)
@@ -232,7 +243,8 @@ def test_merge_finds_duplicates_missing_inputs_and_cut_parts(tmp_path):
     report = merge_parts([a, b], out, ["a.jpg", "b.jpg", "c.jpg", "e.jpg"], force=True)
     assert not report.ok and report.n_duplicated == 1 and report.missing == ["e.jpg"] and report.rows == 4
     assert [r["path"] for r in data_rows(out)] == ["a.jpg", "b.jpg", "c.jpg", "b.jpg"]  # header once, cut row left out
-    ok = merge_parts([_part(tmp_path / "y.csv", ["a.jpg", "c.jpg"])], tmp_path / "y_all.csv", ["a.jpg", "c.jpg", "a.jpg"])
+    ok = merge_parts([_part(tmp_path / "y.csv", ["a.jpg", "c.jpg"])], tmp_path / "y_all.csv",
+                     ["a.jpg", "c.jpg", "a.jpg"])  # an input listed twice needs one row
     assert ok.ok and ok.rows == 2
     r = cli("merge", tmp_path / "y.csv", "--out", tmp_path / "z.csv", "--inputs", listing)
     assert r.exit_code == 1 and "e.jpg" in r.output and "not in the inputs" in r.output

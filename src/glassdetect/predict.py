@@ -284,12 +284,14 @@ def predict_batches(
     if explain_dir is not None:
         from .explain import ExplainWriter
 
-        writer = ExplainWriter(explain_dir, {"checkpoint": "" if not isinstance(checkpoint, (str, Path)) else str(checkpoint)})
+        source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else ""
+        writer = ExplainWriter(explain_dir, {"checkpoint": source})
     dataset = _StreamViews(det.spec(mode), seed, draws, explain_size if writer else 0, scan.hash_content,
                            frozenset(scan.known))
     workers = 0 if len(head) <= 1 else max(0, int(workers))
     loader = make_loader(dataset, batch_size, workers, device=det.device, sampler=itertools.chain(head, keys))
-    bar = tqdm(desc="predict", unit="img", file=sys.stderr, disable=None if progress is None else not progress, leave=False)
+    bar = tqdm(desc="predict", unit="img", file=sys.stderr, disable=None if progress is None else not progress,
+               leave=False)
     try:
         batches = iter(loader)
         while True:

@@ -113,6 +113,19 @@ def resolve_shard(option: str | None, env: Mapping[str, str] | None = None) -> S
     return parse_shard(text)
 
 
+def rank_device(device: str, env: Mapping[str, str] | None = None) -> str:
+    """``auto`` under torchrun on a machine with several GPUs: ``cuda:LOCAL_RANK`` (one GPU per rank);
+    any other device, or no ``LOCAL_RANK``, as given."""
+    env = os.environ if env is None else env
+    local = _env_int(env, "LOCAL_RANK")
+    if device != "auto" or local is None:
+        return device
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{local % n}" if n > 1 else device
+
+
 def part_path(out: str | Path, shard: Shard | None) -> Path:
     """``OUT`` for one process; ``OUT.part-00003-of-00008`` for shard 3 of 8."""
     out = Path(out)
@@ -249,12 +262,6 @@ class Appender:
             self.sync()
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> "Appender":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_output(path: str | Path, fmt: str, columns: Iterable[str], resume: bool,

@@ -114,7 +114,7 @@ def predict(
     `glassdetect merge` joins the part files (docs/scanning.md)."""
     from ..predict import FORMATS, Scan, columns_for
     from ..sampling import MODES
-    from ..shards import resolve_shard
+    from ..shards import rank_device, resolve_shard
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -130,7 +130,7 @@ def predict(
         scan = Scan(shard=resolve_shard(shard), hash_content=dedupe)
     except ValueError as exc:
         _fail(str(exc))
-    options = dict(batch_size=batch_size, workers=workers, device=device, threads=threads, seed=seed, draws=draws,
+    options = dict(batch_size=batch_size, workers=workers, device=rank_device(device), threads=threads, seed=seed, draws=draws,
                    mode=mode, threshold=threshold, unsure=False if unsure is None else unsure, explain_dir=explain,
                    max_pixels=max_pixels, progress=False if quiet else None)
     batches = None  # the local engine
