@@ -289,7 +289,6 @@ def tune(
     Hyperband: see :meth:`Hyperband.for_epochs` (defaults 5 / ``base.epochs`` / 3).
     """
     import optuna
-    import torch
     from optuna.trial import TrialState
 
     from .data import load_samples
@@ -319,7 +318,19 @@ def tune(
     study.set_user_attr("arch", base.arch)
     study.set_user_attr("backbone", base.backbone)
     study.set_user_attr("hyperband", asdict(hyperband))
-    trials_dir = out / "trials"
+    objective = _objective(base, space, out / "trials", worker)
+    callbacks = []
+    if max_trials is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(max_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+    return write_results(study, base, out, url)
+
+
+def _objective(base: TrainConfig, space: Mapping[str, Any], trials_dir: Path, worker: int):
+    """Optuna's objective: train one trial's options, report validation accuracy per epoch (Hyperband
+    prunes on it, never after the last epoch), return the best epoch's accuracy."""
+    import optuna
+    import torch
 
     def objective(trial: "optuna.Trial") -> float:
         params = suggest(trial, space)
@@ -359,11 +370,7 @@ def tune(
             raise ValueError("no validation accuracy (empty validation split?)")
         return best
 
-    callbacks = []
-    if max_trials is not None:
-        callbacks.append(optuna.study.MaxTrialsCallback(max_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
-    return write_results(study, base, out, url)
+    return objective
 
 
 def _budget(arch: str, trials: int | None, max_trials: int | None) -> tuple[int, int | None]:
