@@ -207,7 +207,7 @@ class Existing:
 
 def scan_output(path: str | Path, fmt: str, keep_hashes: bool = False) -> Existing:
     """Read an existing output for a resume: the paths it has rows for (and with ``keep_hashes`` its
-    good rows by ``sha256``). Memory: about 100 bytes per row (plus ~250 per row with hashes)."""
+    good rows by ``sha256``). Memory: about 130 bytes per row (1e6 rows: 124 MB, read in ~5 s), more with hashes."""
     path = Path(path)
     ex = Existing()
     if not path.exists():
