@@ -192,6 +192,11 @@ def test_cli_train_on_train_test_tree_carves_val(tmp_path):
     assert summary["n_val"] == 4 and summary["n_test"] == 6
     used = json.loads((run / "best" / "config.json").read_text())["train"]
     assert used["split_seed"] == 5 and used["seed"] == 0
+    # evaluate finds the carved validation split through the run's split.csv
+    from glassdetect.evaluate import evaluate
+
+    res = evaluate(run / "best", data, split="val", workers=0, threads=1, progress=False)
+    assert res["n"] == 4 and res["split"] == "val"
 
 
 def test_cli_train_config_without_split_seed_keeps_its_split(tmp_path):

@@ -27,14 +27,15 @@ from .runtime import configure_threads, resolve_device, restores_threads
 
 
 def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> tuple[list[Sample], str]:
-    """Samples of ``split``. Split labels come from the data itself (manifest column or
-    train/val/test folders) or else from the run that produced the checkpoint (``RUN/split.csv``).
+    """Samples of ``split``. Split labels come from the run that produced the checkpoint
+    (``RUN/split.csv``: the data's own splits plus what training assigned, e.g. a validation split
+    carved out of a train folder) and, for images that run did not see, from the data itself
+    (manifest column or train/val/test folders).
     ``split=None``: the test split when one is known, otherwise every image."""
-    if not any(s.split for s in samples):
-        saved = checkpoint.resolve().parent / "split.csv"
-        if saved.exists():
-            where = read_split(saved)
-            samples = [replace(s, split=where.get(s.path, "")) for s in samples]
+    saved = checkpoint.resolve().parent / "split.csv"
+    if saved.exists():  # the run's split: the data's own, plus what training assigned (or carved out of train)
+        where = read_split(saved)
+        samples = [replace(s, split=where.get(s.path, s.split)) for s in samples]
     known = any(s.split for s in samples)
     if split in (None, "auto"):
         split = "test" if known and any(s.split == "test" for s in samples) else "all"
