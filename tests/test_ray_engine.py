@@ -5,6 +5,7 @@ import csv
 import io
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,14 @@ def test_ray_refuses_what_it_does_not_support(ckpt, images, tmp_path, extra, nam
                                  *extra, *FAST])
     said = " ".join(r.output.split())  # the console wraps long lines
     assert r.exit_code == 2 and f"does not support {named}" in said and "use --engine local" in said, r.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_without_ray_the_error_says_what_to_install(ckpt, images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    r = CliRunner().invoke(app, ["predict", str(ckpt), str(images), "-o", str(tmp_path / "x.csv"), "--engine", "ray",
+                                 *FAST])
+    assert r.exit_code == 2 and "pip install 'glassdetect[ray]'" in " ".join(r.output.split()), r.output
     assert not (tmp_path / "x.csv").exists()
 
 

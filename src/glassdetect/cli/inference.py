@@ -103,7 +103,7 @@ def predict(
     shard: str = typer.Option("auto", "--shard", help="I/N: score only shard I (from 0) of N, by a hash of each path, into OUT.part-0000I-of-0000N. 'auto' (with --out): from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT when there are more than 1; 'off': never."),
     dedupe: bool = typer.Option(False, "--dedupe", help="Add a sha256 column (of each file's bytes); with --resume, a file whose content already has a row is not scored again: its row is copied."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray: decode in Ray tasks and score in an actor pool on a Ray cluster (pip install 'glassdetect[ray]'; --workers/--threads do not apply; no --explain or --dedupe yet; docs/ray.md)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: decode in Ray tasks and score in an actor pool on a Ray cluster (pip install 'glassdetect\\[ray]'; --workers/--threads do not apply; no --explain or --dedupe yet; docs/ray.md)."),
     address: Optional[str] = typer.Option(None, "--address", help="--engine ray: the cluster ('auto', 'ray://HEAD:10001'; default: RAY_ADDRESS or a local Ray for this run)."),
     num_gpus_per_worker: Optional[float] = typer.Option(None, "--num-gpus-per-worker", help="--engine ray: GPUs per model actor (default: 1 if the cluster has GPUs, else 0)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="--engine ray: model actors (default: one per GPU, or 1 without GPUs)."),
@@ -142,7 +142,9 @@ def predict(
             batches = ray_engine(RayOptions(address, num_gpus_per_worker, concurrency, progress=not quiet and sys.stderr.isatty()),
                                  explain, dedupe)
         except ValueError as exc:
-            _fail(str(exc))
+            from rich.markup import escape
+
+            _fail(escape(str(exc)))  # the message names glassdetect[ray]: not a markup tag
     elif engine != "local":
         _fail("--engine must be local or ray")
     failed, total = _predict_rows(checkpoint, inputs, out, fmt, columns_for(dedupe), resume, scan, options, batches)
