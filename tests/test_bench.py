@@ -66,13 +66,15 @@ def test_bench_model_schema():
     res = B.bench_model(("test_resnet", "test_vit"), ks=(0, 2), batches=(1, 2), device="cpu", threads=1, budget_s=0.0,
                         peak_sizes=(256,))
     assert res["device"] == "cpu" and res["peak_gflops"] > 0 and res["micro_batch"] == 4
-    assert res["backbones"]["test_resnet"] == {"convnet": True, "auto_layout": "channels_last"}
+    assert res["backbones"]["test_resnet"] == {"convnet": True, "batchnorm": True, "auto_layout": "channels_last",
+                                               "frozen_graph": True}
     assert res["backbones"]["test_vit"]["auto_layout"] == "nchw"
     runs = res["runs"]
     # the automatic configuration (factory layout, the model's own CPU micro-batches) for K in (0, 2) x batch
     # (1, 2); the other layout, BN folding and whole batches only at K=4 (not measured here)
     assert {(r["backbone"], r["layout"], r["k"], r["batch"]) for r in runs} == {
-        (b, lay, k, n) for b, lay in (("test_resnet", "channels_last+micro-batch-4"), ("test_vit", "nchw+micro-batch-4"))
+        (b, lay, k, n) for b, lay in (("test_resnet", "channels_last+frozen-graph+micro-batch-4"),
+                                      ("test_vit", "nchw+micro-batch-4"))
         for k in (0, 2) for n in (1, 2)}
     for r in runs:
         assert r["auto"] and r["views_per_image"] == 1 + r["k"]
@@ -92,9 +94,11 @@ def test_bench_model_variants():
     res = B.bench_model(("test_resnet",), ks=(2,), batches=(1, 3), device="cpu", threads=1, other_layout_ks=(2,),
                         budget_s=0.0, peak_sizes=(256,), micro_batch=2, whole_batch_ks=(2,))
     got = {(r["layout"], r["batch"], r["auto"]) for r in res["runs"]}
-    assert got == {(lay, b, lay == "channels_last+micro-batch-2") for lay in (
-        "channels_last+micro-batch-2", "nchw+micro-batch-2", "channels_last+bn-folded+micro-batch-2") for b in (1, 3)} | {
-        ("channels_last+whole-batch", 3, False)}
+    # BatchNorm backbone on the CPU: the automatic rows are frozen graphs, timed next to the eager model
+    assert got == {(lay, b, lay == "channels_last+frozen-graph+micro-batch-2") for lay in (
+        "channels_last+frozen-graph+micro-batch-2", "channels_last+micro-batch-2", "nchw+micro-batch-2",
+        "channels_last+bn-folded+micro-batch-2") for b in (1, 3)} | {("channels_last+whole-batch", 3, False)}
+    assert res["backbones"]["test_resnet"]["frozen_graph"] and res["backbones"]["test_resnet"]["batchnorm"]
     assert len(res["peak_measurements"]) == 2 and res["peak_gflops"] == max(p["peak_gflops"] for p in res["peak_measurements"])
 
 
@@ -114,6 +118,8 @@ def test_bench_model_variants_compute_the_same():
         assert torch.allclose(folded(g, c)[0], want, atol=1e-4)
     assert B.layout_name(True, False, 4, cpu) == "channels_last+micro-batch-4"
     assert B.layout_name(True, True, 0, cpu) == "channels_last+bn-folded+whole-batch"
+    assert B.layout_name(True, False, 4, cpu, graphs=True) == "channels_last+frozen-graph+micro-batch-4"
+    assert not B.make_model("test_resnet", 2, cpu, graphs=False)[0].cpu_graphs
     assert B.layout_name(False, False, 4, torch.device("cuda")) == "nchw"  # no micro-batches off the CPU
 
 

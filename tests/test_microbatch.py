@@ -1,6 +1,8 @@
 """CPU evaluation runs the backbones over micro-batches of views: same outputs, training untouched."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -59,6 +61,7 @@ def test_tracing_keeps_one_call_and_a_dynamic_batch():
 def test_eval_outputs_equal_unchunked(backbone, arch, shared):
     model = create_model(ModelConfig(arch=arch, backbone=backbone, k=3, shared_backbone=shared)).eval()
     assert model.cpu_microbatch == CPU_MICROBATCH
+    model.cpu_graphs = None  # the eager backbones, whose calls the hooks count (graphs: tests below)
     g, c = _views(3, 3)
     with torch.inference_mode():
         model.cpu_microbatch = 0
@@ -92,3 +95,52 @@ def test_training_mode_is_one_call_and_unchanged(backbone):
     assert torch.equal(got, want)
     got.sum().backward()  # gradients flow as before
     assert all(p.grad is not None for p in model.local_backbone.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------ frozen CPU graphs
+
+def _backbone_graph_count(model) -> int:
+    return len(model.cpu_graphs._graphs)
+
+
+@pytest.mark.parametrize("arch,shared", [("glass", False), ("glass", True), ("standard", False)])
+def test_cpu_graphs_equal_the_eager_backbones_and_follow_the_weights(arch, shared):
+    """BatchNorm backbones run as frozen graphs in CPU inference: same outputs as eager (1e-4),
+    rebuilt when the weights change, never in training or outside inference mode."""
+    model = create_model(ModelConfig(arch=arch, backbone="test_resnet", k=3, shared_backbone=shared)).eval()
+    g, c = _views(3, 3)
+    eager = copy.deepcopy(model)
+    eager.cpu_graphs = None
+    with torch.inference_mode():
+        want, got = eager(g, c), model(g, c)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    n = _backbone_graph_count(model)
+    assert n == (1 if arch == "standard" or shared else 2)
+    with torch.no_grad():  # not inference mode: eager, no new graph
+        model(g, c)
+    assert _backbone_graph_count(model) == n
+    # the weights change (a training step, a loaded state dict): the graphs follow
+    with torch.no_grad():
+        for p in model.global_backbone.parameters():
+            p.mul_(0.9)
+        eager.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        want, got = eager(g, c), model(g, c)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert copy.deepcopy(model).cpu_graphs._graphs == {}  # a copy starts without graphs
+
+
+def test_cpu_graphs_skip_layernorm_backbones_training_and_tracing():
+    convnext = create_model(ModelConfig(arch="glass", backbone="test_convnext", k=2)).eval()
+    resnet = create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2))
+    g, c = _views(2, 2)
+    with torch.inference_mode():
+        convnext(g, c)
+        resnet.train()(g, c)
+    assert _backbone_graph_count(convnext) == 0 and _backbone_graph_count(resnet) == 0
+    resnet.eval()
+    with torch.inference_mode():  # the ONNX export traces the model: the eager backbones go into its graph
+        torch.jit.trace(resnet, (g, c), check_trace=False)
+    assert _backbone_graph_count(resnet) == 0

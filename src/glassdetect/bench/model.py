@@ -8,7 +8,8 @@ rates are medians, so ``fraction_of_peak`` is conservative.
 
 The automatic configuration is the model exactly as the project runs it: the layout the factory
 picks (channels_last for convnets) and, on the CPU, the model's own micro-batching of views
-(``cpu_microbatch``, see :mod:`glassdetect.models.common`). Convnets are also timed in NCHW, with
+(``cpu_microbatch``) and frozen graphs of BatchNorm backbones (``cpu_graphs``; see
+:mod:`glassdetect.models.common`), timed after their one-time build (the warm-up call). Convnets are also timed in NCHW, with
 BatchNorm folded into the convolutions and, on the CPU, with all views in one backbone call
 (``whole-batch``, what the models did before micro-batching), to show what each choice is worth.
 """
@@ -80,11 +81,12 @@ def fold_batchnorm(model: torch.nn.Module) -> int:
 
 
 def make_model(backbone: str, k: int, device: torch.device, channels_last: bool | None = None, fold_bn: bool = False,
-               micro_batch: int | None = None):
+               micro_batch: int | None = None, graphs: bool = True):
     """An eval-mode model (GLASS, or the baseline for K = 0) and whether the factory chose channels_last.
 
     ``channels_last`` None: the factory's layout; ``micro_batch`` None: the model's own
-    ``cpu_microbatch`` (0 = all views in one backbone call). Returns (None, auto) when ``fold_bn``
+    ``cpu_microbatch`` (0 = all views in one backbone call); ``graphs`` False: eager backbones
+    instead of the model's frozen CPU graphs (:class:`~glassdetect.models.common.CpuGraphs`). Returns (None, auto) when ``fold_bn``
     finds nothing to fold.
     """
     from ..models import ModelConfig, create_model
@@ -99,6 +101,8 @@ def make_model(backbone: str, k: int, device: torch.device, channels_last: bool 
         return None, auto
     if micro_batch is not None:
         model.cpu_microbatch = micro_batch
+    if not graphs:
+        model.cpu_graphs = None
     return model.to(device), auto
 
 
@@ -149,25 +153,37 @@ def time_forward(model, batch: int, k: int, device: torch.device, amp: bool, bud
     return ts
 
 
-def layout_name(channels_last: bool, fold: bool, chunk: int, device: torch.device) -> str:
-    """``channels_last`` / ``nchw``, ``+bn-folded``, and on the CPU ``+micro-batch-N`` or ``+whole-batch``."""
+def layout_name(channels_last: bool, fold: bool, chunk: int, device: torch.device, graphs: bool = False) -> str:
+    """``channels_last`` / ``nchw``, ``+bn-folded``, on the CPU ``+frozen-graph`` (where the model's CPU
+    graphs apply) and ``+micro-batch-N`` or ``+whole-batch``."""
     name = ("channels_last" if channels_last else "nchw") + ("+bn-folded" if fold else "")
-    if device.type == "cpu":  # micro-batching applies on the CPU only
-        name += f"+micro-batch-{chunk}" if chunk else "+whole-batch"
+    if device.type == "cpu":  # micro-batching and frozen graphs apply on the CPU only
+        name += ("+frozen-graph" if graphs else "") + (f"+micro-batch-{chunk}" if chunk else "+whole-batch")
     return name
 
 
-def _variants(convnet: bool, device: torch.device, chunk: int, ks, batches, other_layout_ks, fold_bn_ks,
+def _uses_graphs(model, device: torch.device) -> bool:
+    """Whether the model's frozen CPU graphs apply to its backbones here (BatchNorm backbones, CPU)."""
+    if device.type != "cpu" or getattr(model, "cpu_graphs", None) is None:
+        return False
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.global_backbone.modules())
+
+
+def _variants(convnet: bool, batchnorm: bool, device: torch.device, chunk: int, ks, batches, other_layout_ks, fold_bn_ks,
               whole_batch_ks) -> list[dict[str, Any]]:
-    """The automatic configuration, then for convnets: the other layout, BN folded and (CPU) whole batches."""
-    out = [dict(cl=convnet, fold=False, chunk=chunk, ks=ks, batches=batches, auto=True)]
+    """The automatic configuration, then for convnets, with eager backbones: the automatic layout (when
+    the automatic one is a frozen graph: BatchNorm on the CPU), the other layout, BN folded and (CPU)
+    whole batches."""
+    out = [dict(cl=convnet, fold=False, chunk=chunk, ks=ks, batches=batches, auto=True, graphs=True)]
+    if convnet and batchnorm and device.type == "cpu":
+        out.append(dict(cl=True, fold=False, chunk=chunk, ks=other_layout_ks, batches=batches, auto=False, graphs=False))
     if convnet:
-        out += [dict(cl=False, fold=False, chunk=chunk, ks=other_layout_ks, batches=batches, auto=False),
+        out += [dict(cl=False, fold=False, chunk=chunk, ks=other_layout_ks, batches=batches, auto=False, graphs=False),
                 dict(cl=True, fold=True, chunk=chunk, ks=other_layout_ks if fold_bn_ks is None else fold_bn_ks,
-                     batches=batches, auto=False)]
+                     batches=batches, auto=False, graphs=False)]
         if device.type == "cpu" and chunk:  # micro-batching is a CPU cache effect
             out.append(dict(cl=True, fold=False, chunk=0, ks=whole_batch_ks, batches=tuple(b for b in batches if b > 1),
-                            auto=False))
+                            auto=False, graphs=False))
     return out
 
 
@@ -193,10 +209,12 @@ def _bench_group(name: str, k: int, variants: list[dict[str, Any]], dev: torch.d
     for var in variants:
         if k not in var["ks"] or not var["batches"]:
             continue
-        model, _ = make_model(name, k, dev, var["cl"], fold_bn=var["fold"], micro_batch=var["chunk"])
+        model, _ = make_model(name, k, dev, var["cl"], fold_bn=var["fold"], micro_batch=var["chunk"],
+                              graphs=var["graphs"])
         if model is None:  # nothing to fold
             continue
-        layout = layout_name(var["cl"], var["fold"], var["chunk"], dev)
+        graphs = _uses_graphs(model, dev)
+        layout = layout_name(var["cl"], var["fold"], var["chunk"], dev, graphs)
         if flops is None:
             flops = count_flops(model, k, dev)
         for b in var["batches"]:
@@ -244,9 +262,12 @@ def bench_model(
     runs: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     for name in backbones:
-        convnet = is_convnet(create_backbone(name, pretrained=False).module)
-        info[name] = {"convnet": convnet, "auto_layout": "channels_last" if convnet else "nchw"}
-        variants = _variants(convnet, dev, chunk, ks, batches, other_layout_ks, fold_bn_ks, whole_batch_ks)
+        module = create_backbone(name, pretrained=False).module
+        convnet = is_convnet(module)
+        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+        info[name] = {"convnet": convnet, "batchnorm": batchnorm, "auto_layout": "channels_last" if convnet else "nchw",
+                      "frozen_graph": batchnorm and dev.type == "cpu"}
+        variants = _variants(convnet, batchnorm, dev, chunk, ks, batches, other_layout_ks, fold_bn_ks, whole_batch_ks)
         for k in ks:
             if runs:  # the peak again between groups of configurations
                 peaks.append(matmul_peak(dev, use_amp, peak_sizes, reps=3))

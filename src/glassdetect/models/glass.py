@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import CPU_MICROBATCH, Preprocess, classifier_head, microbatched
+from .common import CPU_MICROBATCH, CpuGraphs, Preprocess, backbone_features, classifier_head, microbatched
 from .config import ModelConfig
 
 
@@ -46,6 +46,7 @@ class GLASS(nn.Module):
         self.attention = CropAttention(cfg.num_features, cfg.attn_hidden, cfg.dropout)
         self.head = classifier_head(2 * cfg.num_features, cfg.dropout, len(cfg.class_names))
         self.cpu_microbatch = CPU_MICROBATCH  # views per backbone call in CPU evaluation; 0 = one call
+        self.cpu_graphs: CpuGraphs | None = CpuGraphs()  # frozen BatchNorm backbones in CPU inference; None = eager
 
     @property
     def shared(self) -> bool:
@@ -68,13 +69,13 @@ class GLASS(nn.Module):
         b, k = crops.shape[:2]
         flat = crops.flatten(0, 1)  # (B*K, 3, P, P)
         chunk = 0 if self.training else self.cpu_microbatch  # BatchNorm statistics are per batch in training
-        run_global = lambda v: self.global_backbone(self.prep(v))  # noqa: E731
+        run_global = lambda v: backbone_features(self, self.global_backbone, v)  # noqa: E731
         if self.shared and global_view.shape[-2:] == flat.shape[-2:]:
             feats = microbatched(run_global, torch.cat([global_view, flat]), chunk)  # one batched pass
             g, f = feats[:b], feats[b:]
         else:
             g = microbatched(run_global, global_view, chunk)  # (B, D)
-            f = microbatched(lambda v: self.local_backbone(self.prep(v)), flat, chunk)  # (B*K, D)
+            f = microbatched(lambda v: backbone_features(self, self.local_backbone, v), flat, chunk)  # (B*K, D)
         return g, f.reshape(b, k, -1)
 
     def crop_scores(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import CPU_MICROBATCH, Preprocess, classifier_head, microbatched
+from .common import CPU_MICROBATCH, CpuGraphs, Preprocess, backbone_features, classifier_head, microbatched
 from .config import ModelConfig
 
 
@@ -19,11 +19,12 @@ class StandardClassifier(nn.Module):
         self.global_backbone = backbone
         self.head = classifier_head(cfg.num_features, cfg.dropout, len(cfg.class_names))
         self.cpu_microbatch = CPU_MICROBATCH  # images per backbone call in CPU evaluation; 0 = one call
+        self.cpu_graphs: CpuGraphs | None = CpuGraphs()  # frozen BatchNorm backbone in CPU inference; None = eager
 
     def forward(
         self, global_view: torch.Tensor, crops: torch.Tensor | None = None, crop_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """global_view (B, 3, S, S) -> logits (B, num_classes) and empty attention (B, 0)."""
         chunk = 0 if self.training else self.cpu_microbatch
-        logits = self.head(microbatched(lambda v: self.global_backbone(self.prep(v)), global_view, chunk))
+        logits = self.head(microbatched(lambda v: backbone_features(self, self.global_backbone, v), global_view, chunk))
         return logits, logits.new_zeros((logits.shape[0], 0))
