@@ -1,6 +1,7 @@
 """The ``glassdetect`` command line: one Typer app (``_app``), its commands grouped by job —
-``training`` (train, tune, final), ``inference`` (evaluate, robustness, predict, calibrate, export,
-serve), ``datasets`` (``data ...``) and ``studies`` (cost, demo, bench). Each command imports the
+``training`` (train, tune, final), ``inference`` (evaluate, robustness, predict, merge, calibrate,
+export, serve), ``datasets`` (``data inspect / audit / build-offline-bench``) and ``studies`` (cost,
+crossgen, demo, bench). Each command imports the
 library lazily, so ``glassdetect --help`` starts fast."""
 from __future__ import annotations
 
