@@ -2,7 +2,8 @@
 # One short, prepared GPU check (run on a CUDA machine from the repo root; needs torch + timm there).
 #   - GLASS and the baseline train with mixed precision on CUDA, write best/last, resume, evaluate;
 #   - the synthetic native-resolution task is learned by GLASS on a paper backbone;
-#   - `glassdetect bench model` on CUDA (AMP), for the performance table.
+#   - `glassdetect bench model` on CUDA (AMP), for the performance table;
+#   - `glassdetect bench predict --device cuda --workers auto`: images/s end to end with the decode workers needed.
 # Each step reports and the script goes on, so one failure does not hide the others.
 export PYTHONPATH="$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/gpu_check}"
@@ -34,6 +35,8 @@ PY
 cp "$W/run_glass/metrics.jsonl" "$OUT/glass_metrics.jsonl" 2>/dev/null
 cp "$W/run_standard/metrics.jsonl" "$OUT/standard_metrics.jsonl" 2>/dev/null
 step "bench model cuda" python3 -m glassdetect.cli bench model --device cuda --json "$OUT/bench_model_cuda.json" --md "$OUT/bench_model_cuda.md"
+step "bench predict cuda (12 MP JPEGs, decode workers: as many as keep the GPU busy)" python3 -m glassdetect.cli bench predict \
+  --device cuda --workers auto --json "$OUT/bench_predict_cuda.json" --md "$OUT/bench_predict_cuda.md"
 python3 - <<PY
 import json
 for a in ("glass", "standard"):

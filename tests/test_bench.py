@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,6 +130,11 @@ def test_bench_predict_schema(tmp_path):
     assert res["images"] == 3
     assert res["overlap_efficiency"] == pytest.approx(res["predict_images_per_s"] / res["model_images_per_s"])
     assert res["prepare_s_per_image"] > 0
+    assert res["workers_needed"] >= 1 and res["workers"] == 0
+    auto = B.bench_predict(tmp_path / "auto", n_images=3, size=(160, 120), backbone="test_resnet", k=2, batch_size=2,
+                           workers="auto", device="cpu", threads=1)
+    # "auto": the decode workers that keep the model busy, at most the CPUs
+    assert auto["workers"] == min(auto["workers_needed"], os.cpu_count()) and auto["images"] == 3
 
 
 def test_goals_and_markdown():

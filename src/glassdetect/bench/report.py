@@ -80,11 +80,12 @@ def _predict(pred: dict[str, Any]) -> list[str]:
     return [f"## predict ({pred['images']} JPEGs of {pred['width']}×{pred['height']}, {pred['backbone']} K={pred['k']}, "
             f"batch {pred['batch_size']}, {pred['workers']} workers, {pred['device']})", "",
             "| predict img/s | model-only img/s | overlap_efficiency | after the first batch | first batch s | "
-            "prepare ms / image (1 thread) | model ms / image |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "prepare ms / image (1 thread) | model ms / image | decode workers to keep the model busy |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {pred['predict_images_per_s']:.2f} | {pred['model_images_per_s']:.2f} | {pred['overlap_efficiency']:.3f} | "
             f"{_f(pred.get('steady_overlap_efficiency'), '.3f')} | {_f(pred.get('first_batch_s'), '.2f')} | "
-            f"{pred['prepare_s_per_image'] * 1e3:.1f} | {pred['model_s_per_image'] * 1e3:.1f} |", ""]
+            f"{pred['prepare_s_per_image'] * 1e3:.1f} | {pred['model_s_per_image'] * 1e3:.1f} | "
+            f"{pred.get('workers_needed', 'n/a')} |", ""]
 
 
 def _goals(goals: dict[str, Any]) -> list[str]:

@@ -49,8 +49,10 @@ def run_bench(
     device: str = "auto",
     threads: int = 0,
     workdir: str | Path | None = None,
+    workers: int | str = 2,
 ) -> dict[str, Any]:
-    """Run the requested parts (``views``, ``model``, ``predict``, ``serve`` or ``all``); returns the results dict."""
+    """Run the requested parts (``views``, ``model``, ``predict``, ``serve`` or ``all``); returns the results dict.
+    ``workers``: predict's decode workers (``"auto"``: as many as keep the model busy)."""
     if what not in (*PARTS, SERVE, "all"):
         raise ValueError(f"unknown bench part {what!r}; choose one of {', '.join((*PARTS, SERVE))} or all")
     parts = PARTS if what == "all" else (what,)
@@ -66,7 +68,8 @@ def run_bench(
                                        device=device, threads=threads, budget_s=1.0 if quick else 2.0,
                                        fold_bn_ks=() if quick else None)
         if "predict" in parts:
-            res["predict"] = bench_predict(tmp, n_images=24 if quick else 48, device=device, threads=threads)
+            res["predict"] = bench_predict(tmp, n_images=24 if quick else 48, device=device, threads=threads,
+                                           workers=workers)
         if SERVE in parts:
             res["serve"] = bench_serve(tmp, ServeBenchConfig(device=device, threads=threads,
                                                              requests=12 if quick else 24, images=4 if quick else 8))

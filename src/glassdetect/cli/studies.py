@@ -124,12 +124,16 @@ def bench(
     device: str = typer.Option("auto", help="Model and predict device: auto (CUDA with AMP when present), cpu, cuda ..."),
     threads: int = typer.Option(0, help="Torch threads for the model (0 = auto); view building always uses one, as a worker."),
     workdir: Optional[Path] = typer.Option(None, help="Where the generated images go (default: the system temp folder)."),
+    workers: str = typer.Option("2", help="predict's decode workers, or 'auto': as many as keep the model busy (e.g. a GPU), at most the CPU count."),
 ) -> None:
     """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak), predict overlap, or the service's throughput (serve)."""
     from ..bench import run_bench, to_markdown
 
     try:
-        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir)
+        if workers != "auto" and not workers.isdigit():
+            raise ValueError(f"--workers must be a count or 'auto', got {workers!r}")
+        n_workers: int | str = workers if workers == "auto" else int(workers)
+        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir, workers=n_workers)
     except ValueError as exc:
         _fail(str(exc))
     text = to_markdown(res)
