@@ -171,14 +171,16 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, monkeypatch):
 
     from glassdetect.cli import app
 
-    def fake_run(what, quick, device, threads, workdir):
+    def fake_run(what, quick, device, threads, workdir, workers):
+        assert workers == "auto"
         return {"command": f"glassdetect bench {what}", "quick": quick, "environment": B.environment(),
                 "views": B.bench_views(tmp_path / "w", sizes=("1MP",), png=False, rounds=1, memory=False,
                                        size_override={"1MP": (64, 48)}),
                 "goals": {}, "elapsed_s": 0.1}
     monkeypatch.setattr(B, "run_bench", fake_run)
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    res = CliRunner().invoke(app, ["bench", "views", "--quick", "--json", str(out_json), "--md", str(out_md)])
+    res = CliRunner().invoke(app, ["bench", "views", "--quick", "--json", str(out_json), "--md", str(out_md),
+                                   "--workers", "auto"])
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     assert data["command"] == "glassdetect bench views" and "1MP" in data["views"]
