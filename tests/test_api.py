@@ -178,13 +178,16 @@ evaluate(ckpt, tree, split="all", workers=0, device="cpu", threads=1, progress=F
 assert torch.get_num_threads() == 3, ("evaluate", torch.get_num_threads())
 assert Image.MAX_IMAGE_PIXELS == guard and guard is not None, (guard, Image.MAX_IMAGE_PIXELS)
 assert os.environ.get("OMP_WAIT_POLICY") == env
+assert not torch.jit.onednn_fusion_enabled(), "the CPU graphs left TorchScript's oneDNN fusion switched on"
+assert det.model.cpu_graphs._graphs, "the Detector ran without its CPU graphs"
 print("unchanged")
 """
 
 
 def test_library_calls_leave_the_hosts_global_state_alone(ckpt, photo, tmp_path):
     """Importing glassdetect and predicting / evaluating as a library leaves Pillow's guard, the
-    caller's torch thread count and OMP_WAIT_POLICY as they were (only the CLI entry point sets it)."""
+    caller's torch thread count, OMP_WAIT_POLICY (only the CLI entry point sets it) and TorchScript's
+    oneDNN fusion switch (on only while a CPU graph runs) as they were."""
     import os
 
     for label, i in (("real", 0), ("fake", 1)):

@@ -67,8 +67,7 @@ def test_bench_model_schema():
     res = B.bench_model(("test_resnet", "test_vit"), ks=(0, 2), batches=(1, 2), device="cpu", threads=1, budget_s=0.0,
                         peak_sizes=(256,))
     assert res["device"] == "cpu" and res["peak_gflops"] > 0 and res["micro_batch"] == 4
-    assert res["backbones"]["test_resnet"] == {"convnet": True, "batchnorm": True, "auto_layout": "channels_last",
-                                               "frozen_graph": True}
+    assert res["backbones"]["test_resnet"] == {"convnet": True, "auto_layout": "channels_last", "frozen_graph": True}
     assert res["backbones"]["test_vit"]["auto_layout"] == "nchw"
     runs = res["runs"]
     # the automatic configuration (factory layout, the model's own CPU micro-batches) for K in (0, 2) x batch
@@ -90,8 +89,9 @@ def test_bench_model_variants():
     res = B.bench_model(("test_convnext",), ks=(0,), batches=(1,), device="cpu", threads=1, other_layout_ks=(0,), budget_s=0.0,
                         peak_sizes=(256,))
     layouts = {(r["layout"], r["auto"]) for r in res["runs"]}
-    # no BatchNorm to fold; batch 1: no whole-batch comparison
-    assert layouts == {("channels_last+micro-batch-4", True), ("nchw+micro-batch-4", False)}
+    # a frozen graph automatically, the eager model beside it; no BatchNorm to fold; batch 1: no whole-batch comparison
+    assert layouts == {("channels_last+frozen-graph+micro-batch-4", True), ("channels_last+micro-batch-4", False),
+                       ("nchw+micro-batch-4", False)}
     res = B.bench_model(("test_resnet",), ks=(2,), batches=(1, 3), device="cpu", threads=1, other_layout_ks=(2,),
                         budget_s=0.0, peak_sizes=(256,), micro_batch=2, whole_batch_ks=(2,))
     got = {(r["layout"], r["batch"], r["auto"]) for r in res["runs"]}
@@ -99,7 +99,7 @@ def test_bench_model_variants():
     assert got == {(lay, b, lay == "channels_last+frozen-graph+micro-batch-2") for lay in (
         "channels_last+frozen-graph+micro-batch-2", "channels_last+micro-batch-2", "nchw+micro-batch-2",
         "channels_last+bn-folded+micro-batch-2") for b in (1, 3)} | {("channels_last+whole-batch", 3, False)}
-    assert res["backbones"]["test_resnet"]["frozen_graph"] and res["backbones"]["test_resnet"]["batchnorm"]
+    assert res["backbones"]["test_resnet"]["frozen_graph"]
     assert len(res["peak_measurements"]) == 2 and res["peak_gflops"] == max(p["peak_gflops"] for p in res["peak_measurements"])
 
 

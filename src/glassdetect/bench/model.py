@@ -8,7 +8,7 @@ rates are medians, so ``fraction_of_peak`` is conservative.
 
 The automatic configuration is the model exactly as the project runs it: the layout the factory
 picks (channels_last for convnets) and, on the CPU, the model's own micro-batching of views
-(``cpu_microbatch``) and frozen graphs of BatchNorm backbones (``cpu_graphs``; see
+(``cpu_microbatch``) and frozen oneDNN graphs of convolutional backbones (``cpu_graphs``; see
 :mod:`glassdetect.models.common`), timed after their one-time build (the warm-up call). Convnets are also timed in NCHW, with
 BatchNorm folded into the convolutions and, on the CPU, with all views in one backbone call
 (``whole-batch``, what the models did before micro-batching), to show what each choice is worth.
@@ -130,17 +130,21 @@ def count_flops(model, k: int, device: torch.device, size: int = 224) -> int:
 
 def time_forward(model, batch: int, k: int, device: torch.device, amp: bool, budget_s: float = 2.0,
                  min_reps: int = 2, max_reps: int = 7, size: int = 224, cpu_times: list[float] | None = None) -> list[float]:
-    """Seconds per forward call: one warm-up call, then repetitions until ``budget_s`` (bounded).
+    """Seconds per forward call: warm-up calls, then repetitions until ``budget_s`` (bounded).
 
-    ``cpu_times``, when given, receives the process CPU seconds of each repetition."""
+    Warm-up: one call, or three where the model runs frozen CPU graphs (the first builds them, the
+    next two are TorchScript's profiling and oneDNN compilation runs for these shapes); what is timed
+    is the steady state a run over many images sees. ``cpu_times``, when given, receives the process
+    CPU seconds of each repetition."""
     from ..runtime import autocast
 
     g, c = random_views(batch, k, size, device)
     with torch.inference_mode(), autocast(device, amp):
-        t0 = time.perf_counter()
-        _forward(model, g, c, k)
-        sync(device)
-        first = time.perf_counter() - t0
+        for _ in range(3 if _uses_graphs(model, device) else 1):
+            t0 = time.perf_counter()
+            _forward(model, g, c, k)
+            sync(device)
+            first = time.perf_counter() - t0
         reps = int(min(max_reps, max(min_reps, math.ceil(budget_s / max(first, 1e-6)))))
         ts = []
         for _ in range(reps):
@@ -163,19 +167,21 @@ def layout_name(channels_last: bool, fold: bool, chunk: int, device: torch.devic
 
 
 def _uses_graphs(model, device: torch.device) -> bool:
-    """Whether the model's frozen CPU graphs apply to its backbones here (BatchNorm backbones, CPU)."""
+    """Whether the model's frozen CPU graphs apply to its backbones here (convolutional backbones, CPU)."""
+    from ..models.common import is_convolutional
+
     if device.type != "cpu" or getattr(model, "cpu_graphs", None) is None:
         return False
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.global_backbone.modules())
+    return is_convolutional(model.global_backbone)
 
 
-def _variants(convnet: bool, batchnorm: bool, device: torch.device, chunk: int, ks, batches, other_layout_ks, fold_bn_ks,
+def _variants(convnet: bool, device: torch.device, chunk: int, ks, batches, other_layout_ks, fold_bn_ks,
               whole_batch_ks) -> list[dict[str, Any]]:
-    """The automatic configuration, then for convnets, with eager backbones: the automatic layout (when
-    the automatic one is a frozen graph: BatchNorm on the CPU), the other layout, BN folded and (CPU)
+    """The automatic configuration, then for convnets, with eager backbones: the automatic layout (on
+    the CPU, where the automatic one is a frozen graph), the other layout, BN folded and (CPU)
     whole batches."""
     out = [dict(cl=convnet, fold=False, chunk=chunk, ks=ks, batches=batches, auto=True, graphs=True)]
-    if convnet and batchnorm and device.type == "cpu":
+    if convnet and device.type == "cpu":
         out.append(dict(cl=True, fold=False, chunk=chunk, ks=other_layout_ks, batches=batches, auto=False, graphs=False))
     if convnet:
         out += [dict(cl=False, fold=False, chunk=chunk, ks=other_layout_ks, batches=batches, auto=False, graphs=False),
@@ -262,12 +268,10 @@ def bench_model(
     runs: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     for name in backbones:
-        module = create_backbone(name, pretrained=False).module
-        convnet = is_convnet(module)
-        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
-        info[name] = {"convnet": convnet, "batchnorm": batchnorm, "auto_layout": "channels_last" if convnet else "nchw",
-                      "frozen_graph": batchnorm and dev.type == "cpu"}
-        variants = _variants(convnet, batchnorm, dev, chunk, ks, batches, other_layout_ks, fold_bn_ks, whole_batch_ks)
+        convnet = is_convnet(create_backbone(name, pretrained=False).module)
+        info[name] = {"convnet": convnet, "auto_layout": "channels_last" if convnet else "nchw",
+                      "frozen_graph": convnet and dev.type == "cpu"}
+        variants = _variants(convnet, dev, chunk, ks, batches, other_layout_ks, fold_bn_ks, whole_batch_ks)
         for k in ks:
             if runs:  # the peak again between groups of configurations
                 peaks.append(matmul_peak(dev, use_amp, peak_sizes, reps=3))
