@@ -42,13 +42,14 @@ import numpy as np
 from .data import Sample, assign_splits, check_no_leak, load_samples, write_split
 from .fsutil import write_text_atomic
 from .train import TrainConfig, train
+from .train_config import Recipe
 
 ARCH_NAMES = {"glass": "GLASS", "standard": "baseline"}
 REALS_RULES = ("paired", "all")
 
 
 @dataclass
-class CrossgenConfig:
+class CrossgenConfig(Recipe):  # the training recipe's fields (default: the offline demo's), then crossgen's own
     data: str = ""
     out: str = "runs/crossgen"
     train_on: tuple[tuple[str, ...], ...] = ()  # one row per entry
@@ -56,32 +57,12 @@ class CrossgenConfig:
     seeds: tuple[int, ...] = (0,)
     reals: str = "paired"  # paired | all (see the module docstring)
     split_seed: int = 0  # only for data without a split
-    # the training recipe (default: the offline demo's)
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "offline:efficientnet_lite0.pypi_in1k"
-    pretrained: bool = False
-    k: int = 4
-    epochs: int = 7
-    batch_size: int = 8
-    lr_global: float = 1e-4
-    lr_local: float = 1e-4
-    lr_head: float = 1e-3
-    dropout: float = 0.1
-    freeze: int = 2
-    workers: int = 1
-    threads: int = 0
-    device: str = "auto"
     command: str = ""  # recorded in results.md
     extra: dict = field(default_factory=dict)  # any other TrainConfig field
 
     def train_config(self, manifest: Path, out: Path, arch: str, seed: int) -> TrainConfig:
-        return TrainConfig(
-            data=str(manifest), out=str(out), arch=arch, backbone=self.backbone, pretrained=self.pretrained,
-            weights=self.weights, k=self.k, epochs=self.epochs, batch_size=self.batch_size,
-            lr_global=self.lr_global, lr_local=self.lr_local, lr_head=self.lr_head, dropout=self.dropout,
-            freeze=self.freeze, seed=seed, workers=self.workers, threads=self.threads, device=self.device,
-            progress=False, **self.extra,
-        )
+        return TrainConfig(data=str(manifest), out=str(out), arch=arch, seed=seed, progress=False,
+                           **self.recipe_fields(), **self.extra)
 
 
 def parse_rows(values: Sequence[str]) -> list[tuple[str, ...]]:

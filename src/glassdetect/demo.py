@@ -27,34 +27,19 @@ from pathlib import Path
 from .evaluate import evaluate
 from .report import aggregate, format_mean_std as _pm
 from .train import TrainConfig, train
+from .train_config import Recipe
 
 ARCHS = ("glass", "standard")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "auc", "ap", "ece")
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Recipe):  # the training recipe's fields (train_config.Recipe), then the demo's own
     out: str = "runs/demo"
     size: str = "small"
     bench: str | None = None  # default OUT/bench
     bench_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
-    backbone: str = "efficientnet_lite0"
-    weights: str = "offline:efficientnet_lite0.pypi_in1k"
-    k: int = 4
-    epochs: int = 7
-    batch_size: int = 8
-    lr_global: float = 1e-4
-    lr_local: float = 1e-4
-    lr_head: float = 1e-3
-    wd_global: float = 1e-4
-    wd_local: float = 1e-4
-    wd_head: float = 1e-4
-    dropout: float = 0.1
-    freeze: int = 2
-    workers: int = 1
-    threads: int = 0
-    device: str = "auto"
     bootstrap: int = 1000
     archs: tuple[str, ...] = ARCHS
     # Training augmentation: chosen among the candidates on the validation split (clean and the
@@ -71,11 +56,7 @@ class DemoConfig:
     def train_config(self, arch: str, seed: int, data: Path, augment: str = "none") -> TrainConfig:
         return TrainConfig(
             data=str(data), out=str(Path(self.out) / arch / _slug(augment) / f"seed{seed}"), arch=arch,
-            backbone=self.backbone, augment=augment,
-            pretrained=False, weights=self.weights, k=self.k, epochs=self.epochs, batch_size=self.batch_size,
-            lr_global=self.lr_global, lr_local=self.lr_local, lr_head=self.lr_head, wd_global=self.wd_global,
-            wd_local=self.wd_local, wd_head=self.wd_head, dropout=self.dropout, freeze=self.freeze, seed=seed,
-            workers=self.workers, threads=self.threads, device=self.device, resume=True, **self.extra,
+            augment=augment, seed=seed, resume=True, **self.recipe_fields(), **self.extra,
         )
 
 

@@ -1,7 +1,7 @@
 """A training run's options: one flat dataclass, saved with every checkpoint (``train`` in its config)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .limits import DEFAULT_MAX_PIXELS
 from .models import ModelConfig
@@ -72,3 +72,34 @@ class TrainConfig:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+@dataclass
+class Recipe:
+    """A training recipe the studies share (``demo``, ``crossgen``): model, optimisation and runtime
+    fields of :class:`TrainConfig`. The defaults are the offline CPU recipe of the demo:
+    EfficientNet-Lite0 with the offline ImageNet weights, K = 4, 7 epochs, batch 8, AdamW 1e-4 for
+    the backbones and 1e-3 for the head, the first two parameter groups frozen."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "offline:efficientnet_lite0.pypi_in1k"
+    pretrained: bool = False
+    k: int = 4
+    epochs: int = 7
+    batch_size: int = 8
+    lr_global: float = 1e-4
+    lr_local: float = 1e-4
+    lr_head: float = 1e-3
+    wd_global: float = 1e-4
+    wd_local: float = 1e-4
+    wd_head: float = 1e-4
+    dropout: float = 0.1
+    freeze: int = 2
+    workers: int = 1
+    threads: int = 0
+    device: str = "auto"
+
+    def recipe_fields(self) -> dict:
+        """The recipe as :class:`TrainConfig` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(Recipe)}
+
