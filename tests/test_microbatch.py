@@ -148,3 +148,17 @@ def test_cpu_graphs_skip_transformers_training_and_tracing():
     with torch.inference_mode():  # the ONNX export traces the model: the eager backbones go into its graph
         torch.jit.trace(resnet, (g, c), check_trace=False)
     assert _backbone_graph_count(resnet) == 0
+
+
+def test_cpu_graphs_give_the_same_bits_whatever_came_before():
+    """The same views give the same output on the first call and after other batch sizes (each new
+    batch size is warmed up before its first real call): evaluation stays repeatable bit for bit."""
+    model = create_model(ModelConfig(arch="glass", backbone="test_convnext", k=3)).eval()
+    g, c = _views(2, 3)
+    with torch.inference_mode():
+        first = model(g, c)[0]
+        for b in (1, 3, 2):
+            gb, cb = _views(b, 3, seed=b)
+            model(gb, cb)
+        again = model(g, c)[0]
+    assert torch.equal(first, again)

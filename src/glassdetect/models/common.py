@@ -73,15 +73,17 @@ class CpuGraphs:
     dispatch mode (FLOP counting, fake tensors) is active, and for convolutional backbones (no
     attention blocks). It is built on first use from the backbone's current weights and rebuilt
     when any of them changes (training between validation passes, a loaded state dict), one per
-    input shape and layout; outputs equal the eager backbone's up to float rounding (tested to
-    1e-4). A graph holds its own copy of the backbone's weights. oneDNN fusion is a process-wide
+    view shape and layout, and warmed up on zeros for every new batch size before its first real
+    call, so outputs are bit-for-bit repeatable; they equal the eager backbone's up to float
+    rounding (tested to 1e-4). A graph holds its own copy of the backbone's weights. oneDNN fusion is a process-wide
     TorchScript switch: it is on only while one of these graphs runs and is then restored.
     Thread-safe; a copy of the model starts with no graphs.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._graphs: dict[tuple, tuple[tuple, torch.jit.ScriptModule]] = {}
+        # (backbone, view shape, dtype, layout) -> (weights stamp, graph, batch sizes already warmed up)
+        self._graphs: dict[tuple, tuple[tuple, torch.jit.ScriptModule, set[int]]] = {}
 
     def __deepcopy__(self, memo) -> "CpuGraphs":
         return CpuGraphs()
@@ -106,9 +108,23 @@ class CpuGraphs:
         with self._lock:
             hit = self._graphs.get(key)
             if hit is None or hit[0] != stamp:
-                hit = self._graphs[key] = (stamp, _frozen_graph(backbone, x[:1]))
+                hit = self._graphs[key] = (stamp, _frozen_graph(backbone, x[:1]), set())
+            graph, warmed = hit[1], hit[2]
+            if x.shape[0] not in warmed:
+                _warm_up(graph, x)
+                warmed.add(x.shape[0])
         with _onednn_fusion():
-            return hit[1](x)
+            return graph(x)
+
+
+def _warm_up(graph: torch.jit.ScriptModule, like: torch.Tensor, runs: int = 3) -> None:
+    """Run ``graph`` on zeros shaped like ``like`` until TorchScript has profiled this shape and oneDNN
+    has compiled its fused kernels: every real call then takes the same kernels, so the same input
+    always gives the same output, bit for bit, whatever batch sizes came before."""
+    zeros = torch.zeros_like(like)
+    with _onednn_fusion():
+        for _ in range(runs):
+            graph(zeros)
 
 
 def is_convolutional(module: nn.Module) -> bool:
