@@ -25,7 +25,7 @@ for arch in glass standard; do
 done
 step "resume (extend glass to 5 epochs)" python3 - <<PY
 import json
-from glassdetect.train import TrainConfig, train
+from glassdetect.training.train import TrainConfig, train
 cfg = json.load(open("$W/run_glass/last/config.json"))["train"]
 cfg.update(epochs=5, resume=True, progress=False)
 s = train(TrainConfig.from_dict(cfg))

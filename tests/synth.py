@@ -34,7 +34,7 @@ def make_checker_tree(root: Path, n_groups: int, size: int = 448, amplitude: flo
 
 def bicubic_upscaler(name: str, scale: int):
     """A stand-in super-resolver for the offline benchmark builder: plain bicubic upscaling."""
-    from glassdetect.offline_bench import Upscaler
+    from glassdetect.studies.offline_bench import Upscaler
 
     def fn(a: np.ndarray) -> np.ndarray:
         h, w, _ = a.shape
@@ -48,7 +48,7 @@ def camera_photos(root: Path, n: int, size: tuple[int, int], step: tuple[int, in
     """``n`` small camera-like JPEGs (smooth content + noise, q = 90) as offline-benchmark
     ``SourcePhoto`` s: photo i is ``size + i * step`` (w, h) pixels, from package ``pkg{i % packages}``;
     with ``rotate_first`` the first one carries EXIF orientation 6."""
-    from glassdetect import offline_bench as ob
+    from glassdetect.studies import offline_bench as ob
 
     rng = np.random.default_rng(seed)
     photos = []
@@ -81,7 +81,7 @@ def assert_interrupted_run_resumes_exactly(full: Path, cut: Path, **config) -> N
     import torch
     from safetensors.torch import load_file
 
-    from glassdetect.train import TrainConfig, train
+    from glassdetect.training.train import TrainConfig, train
 
     class Interrupt(Exception):
         pass

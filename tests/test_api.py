@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from conftest import make_checkpoint, make_image
-from glassdetect.api import Detector, decide, parse_band
-from glassdetect.data import Sample
+from glassdetect.inference.api import Detector, decide, parse_band
+from glassdetect.data.splits import Sample
 from glassdetect.pipeline import ViewDataset
 from glassdetect.pipeline import infer, make_loader
-from glassdetect.views import ImageError
+from glassdetect.views.build import ImageError
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_save_pretrained_round_trip(det, ckpt, photo, tmp_path):
 
 
 def test_save_pretrained_never_touches_the_models_config(ckpt, tmp_path, monkeypatch):
-    import glassdetect.api as api
+    import glassdetect.inference.api as api
 
     det2 = Detector.from_pretrained(ckpt, "cpu", threshold=0.3, unsure_band="0.2,0.25")
     before = det2.model.cfg.to_dict()
@@ -160,10 +160,10 @@ import torch
 torch.set_num_threads(3)  # the caller's own choice
 env, guard = os.environ.get("OMP_WAIT_POLICY"), Image.MAX_IMAGE_PIXELS
 import glassdetect
-import glassdetect.cli, glassdetect.runtime, glassdetect.predict, glassdetect.evaluate
+import glassdetect.cli, glassdetect.runtime, glassdetect.inference.predict, glassdetect.evaluation.evaluate
 from glassdetect import Detector
-from glassdetect.evaluate import evaluate
-from glassdetect.predict import predict
+from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.inference.predict import predict
 
 ckpt, photo, tree = sys.argv[1:4]
 assert os.environ.get("OMP_WAIT_POLICY") == env, "importing glassdetect changed OMP_WAIT_POLICY"

@@ -1,4 +1,4 @@
-"""Shortcut audit (glassdetect.audit, `glassdetect data audit`): small synthetic trees only."""
+"""Shortcut audit (glassdetect.data.audit, `glassdetect data audit`): small synthetic trees only."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glassdetect.audit import (
+from glassdetect.data.audit import (
     audit,
     estimate_jpeg_quality,
     format_report,

@@ -13,15 +13,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_checkpoint, make_image
-from glassdetect import views as V
+from glassdetect.views import build as V
 from glassdetect.cli import app
-from glassdetect.data import Sample
+from glassdetect.data.splits import Sample
 from glassdetect.pipeline import ViewDataset
-from glassdetect.degrade import AUGMENT_PRESETS, parse
-from glassdetect.evaluate import evaluate
-from glassdetect.sampling import eval_degrade_rng
-from glassdetect.train import TrainConfig, train
-from glassdetect.views import ViewSpec, build_views, content_id, decode, resize_global
+from glassdetect.views.degrade import AUGMENT_PRESETS, parse
+from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.views.sampling import eval_degrade_rng
+from glassdetect.training.train import TrainConfig, train
+from glassdetect.views.build import ViewSpec, build_views, content_id, decode, resize_global
 
 from synth import assert_interrupted_run_resumes_exactly, make_checker_tree, metrics_history
 
@@ -94,7 +94,7 @@ def test_evaluation_degradation_is_a_function_of_content_name_and_draw(jpg, tmp_
 
 
 def test_failing_degradation_is_a_bad_image_not_a_crash(jpg, monkeypatch):
-    import glassdetect.imageops as D
+    import glassdetect.views.imageops as D
 
     monkeypatch.setattr(D, "WEBP_MAX_SIDE", 100)
     with pytest.raises(V.ImageError, match="cannot apply degradation webp:q=80"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from glassdetect import bench as B
-from glassdetect import views as V
-from glassdetect.views import ViewSpec, build_views
+from glassdetect.views import build as V
+from glassdetect.views.build import ViewSpec, build_views
 
 VIEW_KEYS = {"ours_s", "naive_s", "decode_s", "ours_mb", "naive_mb", "speedup_vs_naive", "memory_ratio_vs_naive",
              "ratio_to_decode"}

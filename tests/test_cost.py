@@ -10,13 +10,6 @@ from glassdetect.bench.cost import line_fit, parse_crops
 from glassdetect.cli import app
 
 
-def test_old_module_name_still_imports():
-    import glassdetect.bench.cost as moved
-    import glassdetect.cost as old
-
-    assert old.measure_cost is moved.measure_cost and old.parse_crops is parse_crops
-
-
 def test_parse_crops_and_line_fit():
     assert parse_crops("1-4") == [1, 2, 3, 4]
     assert parse_crops("1,2,4,8") == [1, 2, 4, 8]
@@ -98,7 +91,7 @@ def test_cli_cost_data_trains_each_k(tmp_path, tiny_tree, monkeypatch):
     assert "val acc" in r.output
     assert (out / "cost.png").stat().st_size > 5000
     # a re-run reuses the trained runs
-    import glassdetect.train as train_mod
+    import glassdetect.training.train as train_mod
 
     monkeypatch.setattr(train_mod, "train", lambda cfg: (_ for _ in ()).throw(AssertionError("retrained")))
     again = CliRunner().invoke(app, args)

@@ -11,7 +11,7 @@ from conftest import make_image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from glassdetect import crossgen as cg
+from glassdetect.studies import crossgen as cg
 from glassdetect.cli import app
 
 GENS = ("gen_a", "gen_b", "gen_c")

@@ -1,4 +1,4 @@
-"""Datasets, manifests, splits and batching (glassdetect.data)."""
+"""Datasets, manifests, splits and batching (glassdetect.data.splits)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -11,7 +11,7 @@ import torch
 
 from conftest import TREE_N, make_image
 from glassdetect.pipeline import ViewDataset, collate
-from glassdetect.data import (
+from glassdetect.data.splits import (
     Sample,
     assign_splits,
     check_no_leak,
@@ -21,7 +21,7 @@ from glassdetect.data import (
     read_split,
     write_split,
 )
-from glassdetect.views import ViewSpec
+from glassdetect.views.build import ViewSpec
 
 
 # ------------------------------------------------------------------------------------ trees

@@ -1,4 +1,4 @@
-"""glassdetect.degrade: pure uint8 -> uint8 degradations, the spec grammar, presets and sweeps."""
+"""glassdetect.views.degrade: pure uint8 -> uint8 degradations, the spec grammar, presets and sweeps."""
 import io
 import math
 import pickle
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from glassdetect import degrade as D, imageops
-from glassdetect.degrade import AUGMENT_PRESETS, SWEEP_PRESETS, Op, parse, sweep
+from glassdetect.views import degrade as D
+from glassdetect.views import imageops
+from glassdetect.views.degrade import AUGMENT_PRESETS, SWEEP_PRESETS, Op, parse, sweep
 
 from conftest import photo_array
 

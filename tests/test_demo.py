@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from glassdetect import offline_bench as ob
-from glassdetect.degrade import parse
-from glassdetect.demo import DemoConfig, run_demo
+from glassdetect.studies import offline_bench as ob
+from glassdetect.views.degrade import parse
+from glassdetect.studies.demo import DemoConfig, run_demo
 from synth import bicubic_upscaler, camera_photos
 
 
@@ -55,7 +55,7 @@ def test_demo_end_to_end_on_a_tiny_benchmark(tmp_path: Path) -> None:
 
 
 def test_per_history_uses_the_given_threshold(tmp_path: Path) -> None:
-    from glassdetect.demo import per_history
+    from glassdetect.studies.demo import per_history
 
     (tmp_path / "manifest.csv").write_text(
         "path,label,history\na.png,real,native\nb.png,fake,native\nc.png,real,halved\nd.png,fake,halved\n")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from glassdetect import distributed as ddp
+from glassdetect.training import distributed as ddp
 from glassdetect.models import create_model
-from glassdetect.train import TrainConfig, train
+from glassdetect.training.train import TrainConfig, train
 from synth import make_checker_tree
 
 # No BatchNorm (ConvNeXt: LayerNorm) and no dropout, so two half batches are the same computation as one

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from glassdetect.cli import app
-from glassdetect.export import export_onnx
+from glassdetect.inference.export import export_onnx
 from glassdetect.models import ModelConfig, create_model, load_checkpoint, save_checkpoint
 
 ort = pytest.importorskip("onnxruntime")

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from glassdetect.cli import app
-from glassdetect.data import load_samples
-from glassdetect.final import carve_validation, fixed_split, run_final
-from glassdetect.report import aggregate, markdown_table
+from glassdetect.data.splits import load_samples
+from glassdetect.studies.final import carve_validation, fixed_split, run_final
+from glassdetect.evaluation.report import aggregate, markdown_table
 from synth import make_checker_tree
 
 
@@ -87,8 +87,8 @@ def test_cli_final_two_seeds(data, tmp_path):
 
 def _fake_runs(monkeypatch) -> list:
     """train/evaluate stand-ins: record each seed's TrainConfig and its manifest's splits, train nothing."""
-    import glassdetect.evaluate
-    import glassdetect.train
+    import glassdetect.evaluation.evaluate
+    import glassdetect.training.train
 
     seen = []
 
@@ -99,8 +99,8 @@ def _fake_runs(monkeypatch) -> list:
     def evaluate(checkpoint, manifest, split=None, **kw):
         return {"n": sum(v == "test" for v in seen[-1][1].values()), "accuracy": 0.5 + 0.1 * len(seen)}
 
-    monkeypatch.setattr(glassdetect.train, "train", train)
-    monkeypatch.setattr(glassdetect.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(glassdetect.training.train, "train", train)
+    monkeypatch.setattr(glassdetect.evaluation.evaluate, "evaluate", evaluate)
     return seen
 
 

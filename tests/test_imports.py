@@ -153,7 +153,7 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 20 and f"{PACKAGE}.api" in graph
+    assert len(graph) > 20 and f"{PACKAGE}.inference.api" in graph
     cycles = [c for c in find_cycles(graph) if set(c) not in KNOWN_CYCLES]
     assert not cycles, "import cycles (move what both sides need into a lower module):\n" + "\n".join(
         " -> ".join(c) for c in cycles)
@@ -161,8 +161,59 @@ def test_no_import_cycles():
 
 def test_api_and_explain_import_one_way():
     graph = import_graph()
-    assert f"{PACKAGE}.explain" in graph[f"{PACKAGE}.api"]
-    assert f"{PACKAGE}.api" not in graph[f"{PACKAGE}.explain"]
+    assert f"{PACKAGE}.inference.explain" in graph[f"{PACKAGE}.inference.api"]
+    assert f"{PACKAGE}.inference.api" not in graph[f"{PACKAGE}.inference.explain"]
+
+
+# The stages, bottom-up as the data flows: a module may import its own stage and lower ones only.
+# training and inference share a level and never import each other. Top-level helpers are level 0.
+STAGES = {
+    "views": 1, "data": 2, "models": 3, "pipeline": 4, "evaluation": 5, "training": 6, "inference": 6,
+    "service": 7, "bench": 8, "studies": 9, "cli": 10,
+}
+HELPERS = {"runtime", "fsutil", "fetch", "cache"}
+
+
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_stages_are_the_top_level_parts():
+    tops = {stage_of(m) for m in module_files()} - {""}
+    assert tops == set(STAGES) | HELPERS
+    modules = sorted(p.name for p in SRC.glob("*.py"))
+    assert len(modules) <= 6, f"at most six modules directly under src/{PACKAGE}/: {modules}"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge from a stage to a higher one, or between the two stages of one level."""
+    level = lambda m: STAGES.get(stage_of(m), 0)  # noqa: E731 - the package root and helpers: 0
+    bad = []
+    for module, targets in graph.items():
+        for t in targets:
+            if stage_of(module) != stage_of(t) and (level(t) > level(module) or level(t) == level(module) != 0):
+                bad.append(f"{module} -> {t}")
+    return sorted(bad)
+
+
+def test_a_lower_stage_never_imports_a_higher_one():
+    bad = upward_imports(import_graph())
+    assert not bad, "imports against the arrow of the stages:\n" + "\n".join(bad)
+
+
+def test_the_stage_rule_sees_an_upward_import(tmp_path):
+    pkg = tmp_path / PACKAGE
+    for d in ("views", "service", "training", "inference"):
+        (pkg / d).mkdir(parents=True)
+        (pkg / d / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "views" / "a.py").write_text("def f():\n    from ..service import b\n")
+    (pkg / "service" / "b.py").write_text("from ..views import a\n")
+    (pkg / "training" / "t.py").write_text("from ..inference import i\n")
+    (pkg / "inference" / "i.py").write_text("")
+    assert upward_imports(import_graph(pkg)) == [f"{PACKAGE}.training.t -> {PACKAGE}.inference.i",
+                                                 f"{PACKAGE}.views.a -> {PACKAGE}.service.b"]
 
 
 @pytest.mark.parametrize("module", sorted(module_files()))

@@ -1,4 +1,4 @@
-"""Dataset layouts read as they are (glassdetect.layouts) and ``glassdetect data inspect``."""
+"""Dataset layouts read as they are (glassdetect.data.layouts) and ``glassdetect data inspect``."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import make_image
 from glassdetect.cli import app
-from glassdetect.data import check_no_leak, load_samples, load_tree
-from glassdetect.layouts import detect_layout, inspect, render
+from glassdetect.data.splits import check_no_leak, load_samples, load_tree
+from glassdetect.data.layouts import detect_layout, inspect, render
 
 
 def _img(path: Path, seed: int = 0, size: int = 16) -> None:

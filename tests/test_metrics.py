@@ -1,4 +1,4 @@
-"""The evaluation metrics (glassdetect.metrics), their plots (glassdetect.curves) and what
+"""The evaluation metrics (glassdetect.evaluation.metrics), their plots (glassdetect.evaluation.curves) and what
 `glassdetect evaluate` reports. Expected values are worked out by hand in the comments."""
 import csv
 import json
@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from glassdetect import metrics as M
+from glassdetect.evaluation import metrics as M
 from glassdetect.cli import app
-from glassdetect.curves import write_plots
-from glassdetect.final import KEEP, SUMMARY_METRICS
+from glassdetect.evaluation.curves import write_plots
+from glassdetect.studies.final import KEEP, SUMMARY_METRICS
 
 from conftest import make_checkpoint
 

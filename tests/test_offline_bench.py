@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glassdetect import offline_bench as ob
+from glassdetect.studies import offline_bench as ob
 from synth import bicubic_upscaler, camera_photos
 
 
@@ -360,7 +360,7 @@ def test_halved_pairs_come_from_the_area_downscaled_photo(built: tuple[Path, lis
 
 
 def test_version1_manifest_still_loads(tmp_path: Path) -> None:
-    from glassdetect.data import load_samples
+    from glassdetect.data.splits import load_samples
 
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)

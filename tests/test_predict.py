@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_checkpoint, make_image, sha256
-from glassdetect.api import Detector
-from glassdetect.calibrate import fit_temperature, nll
+from glassdetect.inference.api import Detector
+from glassdetect.evaluation.calibrate import fit_temperature, nll
 from glassdetect.cli import app
-from glassdetect.evaluate import evaluate
-from glassdetect.predict import COLUMNS, expand_inputs, predict
-from glassdetect.sampling import grid_size
-from glassdetect.views import cut_crops, open_image
+from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.inference.predict import COLUMNS, expand_inputs, predict
+from glassdetect.views.sampling import grid_size
+from glassdetect.views.build import cut_crops, open_image
 
 FAST = ["--workers", "0", "--threads", "1", "--quiet", "--device", "cpu"]
 
@@ -193,7 +193,7 @@ def test_fit_temperature_recovers_a_known_scale():
 
 
 def test_threshold_for_fpr_calls_at_most_the_target_share_of_reals_fake():
-    from glassdetect.calibrate import threshold_for_fpr
+    from glassdetect.evaluation.calibrate import threshold_for_fpr
 
     r = np.array([0.1, 0.9, 0.3, 0.7, 0.5, 0.2, 0.8, 0.4, 0.6, 0.05])
     for f, allowed in ((0.0, 0), (0.1, 1), (0.25, 2), (0.99, 9)):

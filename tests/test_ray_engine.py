@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import make_checkpoint, make_image
 from glassdetect.cli import app
-from glassdetect.predict import RowFormatter, predict
-from glassdetect.ray_engine import RayOptions, in_input_order, refuse_unsupported
+from glassdetect.inference.predict import RowFormatter, predict
+from glassdetect.inference.ray_engine import RayOptions, in_input_order, refuse_unsupported
 
 FAST = ["--threads", "1", "--quiet", "--device", "cpu", "--batch-size", "3"]
 RAY_ENV = {  # quiet and offline, for the test's own Ray only
@@ -96,7 +96,7 @@ def test_ray_resumes_a_local_run(ray_cluster, ckpt, images, tmp_path):
 def test_ray_api_grid_mode_decisions_and_jsonl(ray_cluster, ckpt, images):
     """Grid mode (a different crop count per image: ragged arrays between the stages), decision
     overrides and JSON Lines: the same text as the local engine's."""
-    from glassdetect.ray_engine import predict_batches
+    from glassdetect.inference.ray_engine import predict_batches
 
     paths = sorted(str(p) for p in images.rglob("*.*"))
     random.Random(0).shuffle(paths)  # input order is not name order
@@ -114,8 +114,8 @@ def test_decode_runs_in_tasks_not_in_the_actors(ray_cluster, ckpt, capsys):
     """Ray Data would fuse decoding into the model actors when their resources match; they stay apart."""
     import ray
 
-    from glassdetect.api import Detector
-    from glassdetect.ray_engine import build_dataset
+    from glassdetect.inference.api import Detector
+    from glassdetect.inference.ray_engine import build_dataset
 
     ds = build_dataset(ray, [(0, "a.png")], str(ckpt), Detector.from_pretrained(ckpt, "cpu").spec(), 2, "cpu",
                        dict(seed=0, draws=1, mode=None, threshold=None, unsure_band=False, max_pixels=None),

@@ -7,9 +7,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_checkpoint, sha256
-from glassdetect import evaluate as ev
+from glassdetect.evaluation import evaluate as ev
 from glassdetect.cli import app
-from glassdetect.robustness import checkpoint_id, group_checkpoints, markdown, robustness
+from glassdetect.evaluation.robustness import checkpoint_id, group_checkpoints, markdown, robustness
 
 FAST = dict(workers=0, threads=1, device="cpu", progress=False, batch_size=8)
 SWEEP = "jpeg:q=50;blur:sigma=2"

@@ -1,4 +1,4 @@
-"""Crop geometry (glassdetect.sampling) and where its randomness comes from.
+"""Crop geometry (glassdetect.views.sampling) and where its randomness comes from.
 
 Property loops use plain numpy over a few hundred random image sizes (no hypothesis).
 Cell boundaries are recomputed here with integer arithmetic (``r * H // G``), independently of
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from glassdetect.data import Sample
+from glassdetect.data.splits import Sample
 from glassdetect.pipeline import ViewDataset
-from glassdetect.sampling import (
+from glassdetect.views.sampling import (
     MODES,
     eval_rng,
     grid_boxes,
@@ -28,7 +28,7 @@ from glassdetect.sampling import (
     stratified_boxes,
     train_rng,
 )
-from glassdetect.views import ViewSpec, build_views
+from glassdetect.views.build import ViewSpec, build_views
 
 P = 224
 
@@ -261,7 +261,7 @@ def test_eval_dataset_crops_fixed_across_epochs(tmp_path):
 
 def test_stable_hash_and_eval_rng_same_in_a_fresh_process():
     code = (
-        "from glassdetect.sampling import stable_hash, eval_rng\n"
+        "from glassdetect.views.sampling import stable_hash, eval_rng\n"
         "print(stable_hash('img/abc.jpg'), eval_rng('abc', 3, 1).integers(1 << 40, size=3).tolist())"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")

@@ -21,10 +21,10 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import make_checkpoint, make_image  # noqa: E402
-from glassdetect.api import Detector  # noqa: E402
-from glassdetect.batcher import BatchConfig, Batcher, run_isolated  # noqa: E402
+from glassdetect.inference.api import Detector  # noqa: E402
+from glassdetect.service.batcher import BatchConfig, Batcher, run_isolated  # noqa: E402
 from glassdetect.bench.serve import serving  # noqa: E402
-from glassdetect.serve import create_app  # noqa: E402
+from glassdetect.service.serve import create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 MAX_BYTES = 600_000
@@ -137,7 +137,7 @@ def test_busy_server_answers_503(det, jpeg, max_batch):
 
 
 def test_create_app_leaves_the_callers_detector_alone(ckpt):
-    from glassdetect.limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
+    from glassdetect.views.limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
 
     mine = Detector.from_pretrained(ckpt, "cpu")
     before = dict(vars(mine))

@@ -19,8 +19,8 @@ from conftest import make_checkpoint, make_image
 from typer.testing import CliRunner
 
 from glassdetect.cli import app
-from glassdetect.predict import COLUMNS, Scan, expand_inputs, predict, walk_images
-from glassdetect.shards import (
+from glassdetect.inference.predict import COLUMNS, Scan, expand_inputs, predict, walk_images
+from glassdetect.inference.shards import (
     Shard,
     merge_parts,
     open_output,
@@ -108,7 +108,7 @@ def test_folder_walk_streams_in_rglob_order(tmp_path):
                 "b/a.webp", "ab.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    from glassdetect.data import IMAGE_SUFFIXES
+    from glassdetect.data.splits import IMAGE_SUFFIXES
 
     expected = sorted(q for q in tmp_path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
     assert list(walk_images(tmp_path)) == expected and expand_inputs([tmp_path]) == expected

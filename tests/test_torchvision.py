@@ -23,7 +23,7 @@ from glassdetect.models.backbones import create_backbone
 from glassdetect.models.torchvision_weights import (
     TORCHVISION_DATA_CONFIG, TORCHVISION_MODELS, convert_state_dict, detect_family, resolve_name,
 )
-from glassdetect.train import TrainConfig
+from glassdetect.training.train import TrainConfig
 
 ATOL = 1e-4
 IMAGENET_MEAN = pytest.approx((0.485, 0.456, 0.406))

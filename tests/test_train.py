@@ -7,8 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from glassdetect.cli import app
-from glassdetect.evaluate import evaluate
-from glassdetect.train import TrainConfig, _split_samples, train
+from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.training.train import TrainConfig, _split_samples, train
 
 from synth import assert_interrupted_run_resumes_exactly, make_checker_tree
 
@@ -193,7 +193,7 @@ def test_cli_train_on_train_test_tree_carves_val(tmp_path):
     used = json.loads((run / "best" / "config.json").read_text())["train"]
     assert used["split_seed"] == 5 and used["seed"] == 0
     # evaluate finds the carved validation split through the run's split.csv
-    from glassdetect.evaluate import evaluate
+    from glassdetect.evaluation.evaluate import evaluate
 
     res = evaluate(run / "best", data, split="val", workers=0, threads=1, progress=False)
     assert res["n"] == 4 and res["split"] == "val"

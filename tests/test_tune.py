@@ -21,10 +21,10 @@ pytest.importorskip("yaml")
 import torch  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import glassdetect.tune as tune_mod  # noqa: E402
+import glassdetect.studies.tune as tune_mod  # noqa: E402
 from glassdetect.cli import app  # noqa: E402
-from glassdetect.train import TrainConfig  # noqa: E402
-from glassdetect.tune import SpaceError, load_space, to_train_fields, tune  # noqa: E402
+from glassdetect.training.train import TrainConfig  # noqa: E402
+from glassdetect.studies.tune import SpaceError, load_space, to_train_fields, tune  # noqa: E402
 from synth import make_checker_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

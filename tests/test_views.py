@@ -1,4 +1,4 @@
-"""Decoding and views (glassdetect.views) against straightforward reference computations.
+"""Decoding and views (glassdetect.views.build) against straightforward reference computations.
 
 Measured tolerances (Pillow 13, torch 2.14, synthetic photo-like images):
 
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import make_image, sha256
-from glassdetect.data import Sample
+from glassdetect.data.splits import Sample
 from glassdetect.pipeline import ViewDataset, collate
-from glassdetect.views import ImageError, ViewSpec, build_views, content_id, cut_crops, open_image, resize_global
+from glassdetect.views.build import ImageError, ViewSpec, build_views, content_id, cut_crops, open_image, resize_global
 
 GLOBAL_MEAN_TOL, GLOBAL_MAX_TOL = 0.5, 2
 
@@ -239,7 +239,7 @@ def test_importing_views_leaves_pillows_guard_on():
     import subprocess
     import sys
 
-    code = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import glassdetect.views, glassdetect.api; "
+    code = ("from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import glassdetect.views.build, glassdetect.inference.api; "
             "assert before is not None and Image.MAX_IMAGE_PIXELS == before, (before, Image.MAX_IMAGE_PIXELS)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -258,7 +258,7 @@ def test_our_limit_not_pillows_decides(tmp_path, host_guard, fmt):
         assert open_image(path, max_pixels=1_000_000).size == (200, 150)
         assert open_image(path.read_bytes(), max_pixels=1_000_000, draft_size=64).size[0] >= 64
         assert build_views(path, ViewSpec(k=1, patch=32, global_size=32, max_pixels=1_000_000)).size == (150, 200)
-        from glassdetect.views import decode
+        from glassdetect.views.build import decode
 
         assert decode(path, max_pixels=1_000_000).size == (150, 200)
         for under in (29_999, 5_000):  # over our limit: our check and message, above or below Pillow's

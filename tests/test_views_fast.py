@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import glassdetect.views as V
+import glassdetect.views.build as V
 from conftest import make_image, photo_array
-from glassdetect.views import ImageError, ViewSpec, build_views, decode, open_image, orient, resize_global
+from glassdetect.views.build import ImageError, ViewSpec, build_views, decode, open_image, orient, resize_global
 
 pytestmark = pytest.mark.skipif(V.simplejpeg is None, reason="simplejpeg not installed: only the Pillow path exists")
 
@@ -227,7 +227,7 @@ def test_environment_switch_selects_pillow(tmp_path):
 
     path = tmp_path / "x.jpg"
     make_image(path, 64, 64)
-    code = f"import glassdetect.views as V; print(V.FAST_DECODE, V.decode({str(path)!r}).decoder)"
+    code = f"import glassdetect.views.build as V; print(V.FAST_DECODE, V.decode({str(path)!r}).decoder)"
     import os
 
     env = {**os.environ, "GLASSDETECT_DECODER": "pillow"}

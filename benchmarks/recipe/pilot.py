@@ -10,7 +10,7 @@ validation split under the sweep ``--sweep``. The test split is never evaluated 
         --out runs/pilot --device cuda --workers 14 --budget 420
 
 ``--photos``: a folder holding ``<package>/<path inside the package>`` for every photo of
-``glassdetect.offline_bench.PHOTOS``; ``--models``: the generators' ``<name>.param``/``.bin``.
+``glassdetect.studies.offline_bench.PHOTOS``; ``--models``: the generators' ``<name>.param``/``.bin``.
 Writes ``OUT/pilot.json`` and ``OUT/pilot.md``.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import json
 import time
 from pathlib import Path
 
-from glassdetect import offline_bench as ob
-from glassdetect.robustness import robustness
-from glassdetect.train import TrainConfig, train
+from glassdetect.studies import offline_bench as ob
+from glassdetect.evaluation.robustness import robustness
+from glassdetect.training.train import TrainConfig, train
 
 # (name, augment spec, freeze); trained in this order until the time budget runs out
 CONFIGS = [

@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 # The Python API is loaded on first use, so `import glassdetect` stays cheap (no torch).
-_LAZY = {"Detector": "api", "Detection": "api", "Crop": "api"}
+_LAZY = {"Detector": "inference.api", "Detection": "inference.api", "Crop": "inference.api"}
 __all__ = ["Detector", "Detection", "Crop", "__version__"]
 
 

@@ -1,6 +1,7 @@
-"""One path from an image to model outputs, shared by every job.
+"""Stage 4 — one path from an image to model outputs, shared by every job. It imports views, data,
+models and the top-level helpers, nothing above them.
 
-Training, ``evaluate``, ``calibrate``, ``predict``, the service, the :class:`~glassdetect.api.Detector`
+Training, ``evaluate``, ``calibrate``, ``predict``, the service, the :class:`~glassdetect.inference.api.Detector`
 and the ONNX export all go through the same four steps, top to bottom::
 
     source --prepare--> item --ViewDataset / collate--> batch --forward--> Outputs
@@ -8,11 +9,11 @@ and the ONNX export all go through the same four steps, top to bottom::
 
 * :func:`prepare` turns one image (a path, bytes, a PIL image or a uint8 array) into its global
   view and the crops of ``draws`` draws. Files and bytes go through
-  :func:`glassdetect.views.build_views`: in evaluation the crops (and any degradation) are a
+  :func:`glassdetect.views.build.build_views`: in evaluation the crops (and any degradation) are a
   function of the image's bytes, the seed and the draw, so the same image always gets the same
   crops; in training the caller passes the training RNGs instead. PIL images and arrays are cut
   with the same functions, seeded by their decoded pixels.
-* :class:`ViewDataset` maps sources (or labelled :class:`~glassdetect.data.Sample` s) to items; a
+* :class:`ViewDataset` maps sources (or labelled :class:`~glassdetect.data.splits.Sample` s) to items; a
   bad image becomes ``{"index", "error"}`` instead of raising.
 * :func:`collate` stacks items into one batch, one **row** per (image, draw), padded with a crop
   mask when crop counts differ (``grid`` mode); failures are listed under ``errors``.
@@ -20,8 +21,8 @@ and the ONNX export all go through the same four steps, top to bottom::
   per-crop logits); :func:`run_model` is its device-free core, which the ONNX graph traces.
   :func:`infer` loops :func:`forward` over a loader and gathers :class:`Predictions`.
 
-The fake probability is :func:`glassdetect.decision.fake_probability` and the decision rule
-:func:`glassdetect.decision.decide`: one definition each, used by every job.
+The fake probability is :func:`glassdetect.models.decision.fake_probability` and the decision rule
+:func:`glassdetect.models.decision.decide`: one definition each, used by every job.
 """
 from __future__ import annotations
 
@@ -35,12 +36,12 @@ from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import Sample
-from .decision import fake_probability, scale_logits
-from .degrade import Degradation, parse as parse_degradation
+from .data.splits import Sample
+from .models.decision import fake_probability, scale_logits
+from .views.degrade import Degradation, parse as parse_degradation
 from .runtime import autocast
-from .sampling import eval_rng, sample_boxes, train_degrade_rng, train_rng
-from .views import ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes, resize_global
+from .views.sampling import eval_rng, sample_boxes, train_degrade_rng, train_rng
+from .views.build import ImageError, ViewSpec, _to_rgb, build_views, content_id, cut_crops, open_image, read_bytes, resize_global
 
 # ------------------------------------------------------------------------------ one image
 
@@ -122,13 +123,13 @@ def prepare(
 
     ``rng`` (training): the crop generator, instead of one derived from the image's content, seed
     and draw; one draw only. ``degrade``: applied to the whole decoded image before the views
-    (:func:`~glassdetect.views.build_views`), with ``degrade_rng`` or else a generator of the
+    (:func:`~glassdetect.views.build.build_views`), with ``degrade_rng`` or else a generator of the
     image's content, the degradation and the draw; files and bytes only.
 
     Returns ``global`` (3, S, S) uint8, ``crops`` (D·K, 3, P, P) uint8, ``boxes`` (D·K, 2) as
     (top, left), ``k`` (crops per draw), ``draws``, ``size`` (H, W), ``name`` and ``thumb``
     (an RGB PIL image whose longer side is at most ``thumbnail``, or None). Raises
-    :class:`~glassdetect.views.ImageError` for an unusable image.
+    :class:`~glassdetect.views.build.ImageError` for an unusable image.
     """
     draws = 1 if (not spec.need_crops or spec.mode == "grid" or rng is not None) else max(1, int(draws))
     if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
@@ -155,12 +156,12 @@ def prepare(
 class ViewDataset(Dataset):
     """Sources -> prepared items, for a DataLoader with :func:`collate`.
 
-    ``sources``: :class:`~glassdetect.data.Sample` s (their ``label`` travels with the item) or
+    ``sources``: :class:`~glassdetect.data.splits.Sample` s (their ``label`` travels with the item) or
     anything :func:`prepare` takes. ``train=True``: fresh crops per (seed, epoch, index) and one
-    draw (:func:`~glassdetect.sampling.train_rng`); otherwise the crops of ``draws`` draws come from
-    each image's content. ``degrade`` (a :class:`~glassdetect.degrade.Degradation` or a spec/preset
+    draw (:func:`~glassdetect.views.sampling.train_rng`); otherwise the crops of ``draws`` draws come from
+    each image's content. ``degrade`` (a :class:`~glassdetect.views.degrade.Degradation` or a spec/preset
     string) is applied to each whole image before its views: in training with a generator of (seed,
-    epoch, index) independent of the crops' (:func:`~glassdetect.sampling.train_degrade_rng`), in
+    epoch, index) independent of the crops' (:func:`~glassdetect.views.sampling.train_degrade_rng`), in
     evaluation with one of the image's content, the degradation and the draw.
 
     A bad image yields ``{"index", "error": (name, reason)}`` instead of raising.

@@ -1,11 +1,12 @@
-"""``glassdetect bench``: where the time and the memory go, measured side by side in one run.
+"""Stage 8 — ``glassdetect bench``: where the time and the memory go, measured side by side in one run.
+It may import every library stage (views up to the service), never studies or the CLI.
 
 Three parts, each a function returning plain JSON-ready dicts, on images and models made here
 (no data, no network):
 
 ``views`` (:func:`bench_views`, :mod:`.views`)
     Per image, for photo-like JPEGs of 1, 4, 12, 24 and 48 MP and one 12 MP PNG (:mod:`.synth`):
-    ``ours`` (:func:`glassdetect.views.build_views`), ``naive`` (float CHW like torchvision's
+    ``ours`` (:func:`glassdetect.views.build.build_views`), ``naive`` (float CHW like torchvision's
     ``ToTensor``, float resize, crops from it) and ``decode`` (the fastest full decode), plus the
     decode into a reused buffer, ours on Pillow's decoder and Pillow's decode (:mod:`.pipelines`);
     peak memory in a fresh subprocess per (pipeline, image) (:mod:`.memory`); the cost of the
@@ -16,7 +17,7 @@ Three parts, each a function returning plain JSON-ready dicts, on images and mod
     runs it (automatic layout, micro-batched views on the CPU) and for convnets in the other
     layout, with BatchNorm folded and with all views in one backbone call.
 ``predict`` (:func:`bench_predict`, :mod:`.predict`)
-    :func:`glassdetect.predict.predict` over a folder of 12 MP JPEGs with 2 DataLoader workers
+    :func:`glassdetect.inference.predict.predict` over a folder of 12 MP JPEGs with 2 DataLoader workers
     against the model alone on the same batches (``overlap_efficiency``).
 
 :func:`run_bench` runs the parts, :func:`evaluate_goals` (:mod:`.goals`) checks the goals and

@@ -37,7 +37,7 @@ class AccuracyConfig:
     device: str = "auto"
 
     def train_config(self, k: int):
-        from ..train import TrainConfig
+        from ..training.train import TrainConfig
 
         return TrainConfig(
             data=self.data, out=str(Path(self.out) / "accuracy" / f"k{k}"), arch="glass", backbone=self.backbone,
@@ -55,7 +55,7 @@ def _key(tc) -> dict:
 
 def _train_k(tc, say: Callable[[str], None]) -> dict:
     """Train (or reuse) one K's run; its summary."""
-    from ..train import train
+    from ..training.train import train
 
     out = Path(tc.out)
     key_path, summary_path = out / "cost_key.json", out / "summary.json"

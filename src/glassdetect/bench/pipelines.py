@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .. import views as V
-from ..sampling import eval_rng, sample_boxes
+from ..views import build as V
+from ..views.sampling import eval_rng, sample_boxes
 
 
 def ours_views(path: str | Path, spec: V.ViewSpec | None = None) -> V.Views:
-    """The project's pipeline (whatever decoder :mod:`glassdetect.views` picks)."""
+    """The project's pipeline (whatever decoder :mod:`glassdetect.views.build` picks)."""
     return V.build_views(path, spec or V.ViewSpec())
 
 

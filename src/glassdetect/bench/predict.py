@@ -1,4 +1,4 @@
-"""``bench predict``: :func:`glassdetect.predict.predict` over a folder of JPEGs vs the model alone.
+"""``bench predict``: :func:`glassdetect.inference.predict.predict` over a folder of JPEGs vs the model alone.
 
 ``overlap_efficiency = predict rate / model-only rate`` on the same batches (1.0: decoding is
 hidden entirely). Start-up (worker start, the first batch prepared and run) is inside the
@@ -27,7 +27,7 @@ from .synth import write_folder
 
 def _prepare_s(paths: list[Path], spec) -> float:
     """Median single-thread seconds to prepare one image (what each DataLoader worker does)."""
-    from ..api import prepare
+    from ..inference.api import prepare
 
     with torch_threads(1):
         ts = []
@@ -58,7 +58,7 @@ def _model_s_per_image(det, paths: list[Path], spec, batch_size: int, dev: torch
 
 def _run_predict(det, folder: Path, batch_size: int, workers: int, dev: torch.device, threads: int):
     """All rows of ``predict`` over ``folder``, the seconds it took and the seconds to the first row."""
-    from ..predict import predict
+    from ..inference.predict import predict
 
     t0 = time.perf_counter()
     rows, first_batch_s = [], None
@@ -88,7 +88,7 @@ def bench_predict(
 
     ``workers``: DataLoader decode workers, or ``"auto"``: the workers needed to keep the model
     busy (see the module docstring), capped at the CPU count."""
-    from ..api import Detector
+    from ..inference.api import Detector
     from ..models import ModelConfig, create_model, save_checkpoint
     from ..runtime import configure_threads, resolve_device
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import views as V
+from ..views import build as V
 from .common import BACKBONES, GOAL_SIZES, JPEG_SIZES, PARTS
 from .goals import evaluate_goals
 from .model import bench_model

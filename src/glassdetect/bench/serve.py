@@ -150,7 +150,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _detector(workdir: Path, cfg: ServeBenchConfig):
-    from ..api import Detector
+    from ..inference.api import Detector
     from ..models import ModelConfig, create_model, save_checkpoint
     from ..runtime import resolve_device
 
@@ -160,8 +160,8 @@ def _detector(workdir: Path, cfg: ServeBenchConfig):
 
 
 def _apps(det, cfg: ServeBenchConfig) -> dict[str, Any]:
-    from ..batcher import BatchConfig
-    from ..serve import create_app
+    from ..service.batcher import BatchConfig
+    from ..service.serve import create_app
 
     batching = {"unbatched": BatchConfig(max_batch=1, max_wait_ms=cfg.max_wait_ms),
                 "batched": BatchConfig(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)}
@@ -192,7 +192,7 @@ def _measure(bases: dict[str, str], payloads: list[bytes], cfg: ServeBenchConfig
 def forward_per_image(det, payloads: list[bytes], sizes: tuple[int, ...], repeats: int = 3) -> dict[str, float]:
     """The model alone (one forward pass, as the batcher runs it) in seconds per image at each batch
     size: median of ``repeats`` after a warm-up. Shows what a batch saves on this device, without HTTP."""
-    from ..batcher import detect_prepared, prepare_upload
+    from ..service.batcher import detect_prepared, prepare_upload
     from .common import sync
 
     items = [prepare_upload(det, payloads[i % len(payloads)], False, f"img{i}", 0) for i in range(max(sizes))]

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import views as V
-from ..degrade import parse as parse_degradation
+from ..views import build as V
+from ..views.degrade import parse as parse_degradation
 from .common import AUGMENT_BENCH, JPEG_SIZES, PNG_SIZE, log, torch_threads
 from .memory import measure_peak_mb
 from .pipelines import PIPELINES

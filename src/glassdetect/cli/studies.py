@@ -103,7 +103,7 @@ def demo(
 ) -> None:
     """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds,
     on the shortcut-free benchmark, with the training augmentation chosen on validation and a robustness sweep."""
-    from ..demo import DemoConfig, run_demo
+    from ..studies.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out), size=size, seeds=tuple(int(s) for s in seeds.split(",")), workers=workers,
                      threads=threads, device=device, augment=augment, sweep=sweep,
@@ -171,7 +171,7 @@ def crossgen(
     import shlex
     import sys
 
-    from ..crossgen import (
+    from ..studies.crossgen import (
         CrossgenConfig,
         command_line,
         load_split,
@@ -179,7 +179,7 @@ def crossgen(
         parse_rows,
         top_generators,
     )
-    from ..crossgen import (
+    from ..studies.crossgen import (
         crossgen as run_crossgen,
     )
 

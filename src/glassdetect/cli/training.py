@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..limits import DEFAULT_MAX_PIXELS
+from ..views.limits import DEFAULT_MAX_PIXELS
 from ._app import app, console
 from ._app import fail as _fail
 
@@ -65,7 +65,7 @@ def _train_fields(data: Path, out: Path, classes: str, split: str, quiet: bool, 
 
 def _interpolation(value: Optional[str]) -> Optional[str]:
     """--interpolation: refused before anything is written when it is not a resize filter the views know."""
-    from ..views import INTERPOLATIONS
+    from ..views.build import INTERPOLATIONS
 
     if value is not None and value not in INTERPOLATIONS:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(INTERPOLATIONS)}")
@@ -122,8 +122,8 @@ def train(
     Multi-GPU / multi-node: run the same command under ``torchrun --nproc_per_node N --no-python glassdetect train ...``
     (--batch-size is then the global batch, split evenly over the N processes; see docs/search-and-scale.md).
     """
-    from ..train import TrainConfig
-    from ..train import train as run_train
+    from ..training.train import TrainConfig
+    from ..training.train import train as run_train
 
     opts = _train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
@@ -146,7 +146,7 @@ def train(
         summary = run_train(TrainConfig.from_dict(opts))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    from ..distributed import env_info
+    from ..training.distributed import env_info
 
     if not env_info().is_main:  # under torchrun only rank 0 reports
         return
@@ -197,9 +197,9 @@ def tune(
     quiet: bool = _train_option("quiet"),
 ) -> None:
     """Hyperparameter search (Optuna TPE + Hyperband pruning on validation accuracy); writes OUT/best_config.json for train --config."""
-    from ..train import TrainConfig
-    from ..tune import SpaceError
-    from ..tune import tune as run_tune
+    from ..training.train import TrainConfig
+    from ..studies.tune import SpaceError
+    from ..studies.tune import tune as run_tune
 
     base = TrainConfig(**_train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
@@ -242,7 +242,7 @@ def final(
 ) -> None:
     """Final runs, the paper's protocol: train+val merged, 5 % held out once (seed 606) for model selection,
     50 epochs per seed, test-set metrics as mean ± std (final.json, final.md)."""
-    from ..final import SUMMARY_METRICS, run_final
+    from ..studies.final import SUMMARY_METRICS, run_final
 
     overrides = dict(workers=workers, threads=threads, device=device, progress=not quiet)
     try:

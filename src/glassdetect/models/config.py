@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..views import INTERPOLATIONS, ViewSpec
+from ..views.build import INTERPOLATIONS, ViewSpec
 
 ARCHS = ("glass", "standard")
 

@@ -1,0 +1,105 @@
+"""A training run's options: one flat dataclass, saved with every checkpoint (``train`` in its config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..views.limits import DEFAULT_MAX_PIXELS
+from ..models import ModelConfig
+from ..models.config import check_fields
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = "runs/glass"
+    # model
+    arch: str = "glass"
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    weights: str | None = None
+    shared_backbone: bool = False
+    k: int = 4
+    patch: int = 224
+    interpolation: str | None = None  # global-view resize filter (bilinear, bicubic, ...); None: the weights' own
+    sampling: str = "stratified"
+    dropout: float = 0.1
+    freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 16
+    accum: int = 1
+    lr_global: float = 1e-5  # GLASS global backbone; the baseline's backbone
+    lr_local: float = 1e-5
+    lr_head: float = 1e-4  # attention + classifier (GLASS), classifier (baseline)
+    wd_global: float = 1e-4
+    wd_local: float = 1e-4
+    wd_head: float = 1e-4
+    label_smoothing: float = 0.1
+    min_lr: float = 1e-6
+    # data
+    class_names: tuple[str, ...] = ("real", "fake")
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # Seed of the train/val/test split of data that has none (and of the val carve-out of data
+    # with train and test only): independent of ``seed``, so runs with different training seeds
+    # are evaluated on the same test images.
+    split_seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    augment: str = "none"  # degradations of training images before their views (glassdetect.views.degrade spec or preset)
+    # runtime
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+    resume: bool = False
+    sync_bn: bool = False  # DistributedDataParallel only: BatchNorm statistics over the global batch
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
+                           shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
+                           interpolation=self.interpolation)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Options from a dict (a JSON config, a checkpoint's ``train``). One written before
+        ``split_seed`` existed drew its split with ``seed``; it keeps that split."""
+        check_fields(cls, d, "training options")
+        d = dict(d)
+        if "split_seed" not in d and "seed" in d:
+            d["split_seed"] = d["seed"]
+        for key in ("class_names", "split_fractions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class Recipe:
+    """A training recipe the studies share (``demo``, ``crossgen``): model, optimisation and runtime
+    fields of :class:`TrainConfig`. The defaults are the offline CPU recipe of the demo:
+    EfficientNet-Lite0 with the offline ImageNet weights, K = 4, 7 epochs, batch 8, AdamW 1e-4 for
+    the backbones and 1e-3 for the head, the first two parameter groups frozen."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "offline:efficientnet_lite0.pypi_in1k"
+    pretrained: bool = False
+    k: int = 4
+    epochs: int = 7
+    batch_size: int = 8
+    lr_global: float = 1e-4
+    lr_local: float = 1e-4
+    lr_head: float = 1e-3
+    wd_global: float = 1e-4
+    wd_local: float = 1e-4
+    wd_head: float = 1e-4
+    dropout: float = 0.1
+    freeze: int = 2
+    workers: int = 1
+    threads: int = 0
+    device: str = "auto"
+
+    def recipe_fields(self) -> dict:
+        """The recipe as :class:`TrainConfig` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(Recipe)}
+
