@@ -74,6 +74,8 @@ from .sources import (
     prescaled,
 )
 from .superres import (
+    BENCH_V2_GENERATORS,
+    FAMILIES,
     GENERATORS,
     GeneratorRef,
     NcnnRunner,
@@ -88,7 +90,7 @@ from .superres import (
 )
 
 __all__ = [
-    "BENCH_VERSION", "GENERATORS", "JPEG_PARAMS", "MANIFEST_COLUMNS", "PHOTOS", "PNG_PARAMS", "SPECS", "SPLITS",
+    "BENCH_V2_GENERATORS", "BENCH_VERSION", "FAMILIES", "GENERATORS", "JPEG_PARAMS", "MANIFEST_COLUMNS", "PHOTOS", "PNG_PARAMS", "SPECS", "SPLITS",
     "BenchSpec", "CropBox", "GeneratorRef", "History", "JpegTraces", "NcnnRunner", "Pair", "PhotoRef",
     "SourcePhoto", "UpscaleFn", "Upscaler",
     "assign_generators", "build_bench", "build_offline_bench", "choose_crop_boxes", "fetch_photos",

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ...fsutil import atomic_path, write_text_atomic
 from .sources import PHOTOS, PhotoRef, SourcePhoto, fetch_photos, match_jpeg, prescaled
-from .superres import GENERATORS, Upscaler, make_fake, ncnn_upscaler
+from .superres import BENCH_V2_GENERATORS, GENERATORS, Upscaler, make_fake, ncnn_upscaler
 
 BENCH_VERSION = 2
 MANIFEST_COLUMNS = ("path", "label", "group", "generator", "source", "split", "history", "version")
@@ -65,7 +65,7 @@ SPECS: dict[str, BenchSpec] = {
     "small": BenchSpec(
         name="small",
         photos=PHOTOS,
-        generators=tuple(GENERATORS),
+        generators=BENCH_V2_GENERATORS,
         histories=(
             History("native", 2, (1020, 1020), match_jpeg=True, max_overlap=0.4),
             History("halved", 2, (504, 1008), prescale=2, max_overlap=0.4),
@@ -74,7 +74,7 @@ SPECS: dict[str, BenchSpec] = {
     "full": BenchSpec(
         name="full",
         photos=PHOTOS,
-        generators=tuple(GENERATORS),
+        generators=BENCH_V2_GENERATORS,
         histories=(
             # 1020: the largest multiple of 12 that fits every photo
             History("native", 8, (1020, 2040), match_jpeg=True, max_overlap=0.5),
