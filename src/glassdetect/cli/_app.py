@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     help="Detect AI-generated images without throwing away high-resolution detail (GLASS).",
@@ -17,6 +18,9 @@ console = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    """Print ``error: msg`` on stderr and exit with ``code`` (2: a usage or input problem)."""
-    console.print(f"[red]error:[/red] {msg}")
+    """Print ``error: msg`` on stderr and exit with ``code`` (2: a usage or input problem).
+
+    ``msg`` is printed literally: square brackets (``pip install 'glassdetect[serve]'``, paths, reprs)
+    are text, never Rich markup, and no highlighting is applied to it."""
+    console.print(Text.assemble(("error:", "red"), " ", msg), soft_wrap=True, highlight=False)
     raise typer.Exit(code)

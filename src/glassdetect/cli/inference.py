@@ -142,9 +142,7 @@ def predict(
             batches = ray_engine(RayOptions(address, num_gpus_per_worker, concurrency, progress=not quiet and sys.stderr.isatty()),
                                  explain, dedupe)
         except ValueError as exc:
-            from rich.markup import escape
-
-            _fail(escape(str(exc)))  # the message names glassdetect[ray]: not a markup tag
+            _fail(str(exc))  # the message names glassdetect[ray]: _fail prints it literally
     elif engine != "local":
         _fail("--engine must be local or ray")
     failed, total = _predict_rows(checkpoint, inputs, out, fmt, columns_for(dedupe), resume, scan, options, batches)
