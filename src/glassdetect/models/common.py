@@ -8,6 +8,7 @@ import warnings
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Views per backbone call in CPU evaluation (0 = the whole batch in one call). On CPU a backbone
@@ -34,6 +35,57 @@ class Preprocess(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x * self.scale + self.shift
+
+
+# Scale of the residual view. The 4-neighbour Laplacian of real camera crops (224 px, 0-255 units,
+# per channel) has a median per-crop standard deviation of 7.6 (192 crops of 24 Debian wallpaper
+# photos, native and area-halved: 4.9 native, 9.6 halved; quartiles 2.7-17.8) and a median 99th
+# percentile |r| of 28.5. Dividing by 8 gives the typical crop the unit spread and zero mean an
+# ImageNet-normalised input has; clipping at ±4 (|r| = 32, about the 99th percentile) keeps the
+# rare high-contrast edge (|r| up to 1020) from swamping the pretrained stem's BatchNorm statistics
+# with values 100× outside anything it saw. Measured by docs/backbones.md's recipe (section "The
+# residual local input").
+RESIDUAL_SCALE = 1.0 / 8.0
+RESIDUAL_CLIP = 4.0
+
+
+def laplacian_residual(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel 4-neighbour Laplacian ``up + down + left + right - 4·centre`` of (..., H, W) float
+    images, (..., H - 2, W - 2): zero on constant and linearly varying content, largest (8× the
+    amplitude) on a period-2 checkerboard. Shifted slices and adds only, so it is exact for integer
+    pixels on every device and under autocast, and traces to plain ONNX Slice/Add."""
+    centre = x[..., 1:-1, 1:-1]
+    return x[..., :-2, 1:-1] + x[..., 2:, 1:-1] + x[..., 1:-1, :-2] + x[..., 1:-1, 2:] - 4.0 * centre
+
+
+class ResidualPreprocess(nn.Module):
+    """uint8 (or float in [0, 255]) views -> their scaled, clipped Laplacian residual (same size: the
+    one-pixel border, where the filter is undefined, is 0), in the backbone's memory layout.
+
+    What a super-resolver leaves that a camera does not is a period-2 (period-s) pattern in the
+    relation of neighbouring pixels; the residual removes the content a pretrained backbone would
+    otherwise attend to and keeps that relation (see ``RESIDUAL_SCALE`` for the scale)."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = laplacian_residual(x.float()) * RESIDUAL_SCALE
+        r = F.pad(r.clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP), (1, 1, 1, 1))
+        if self.channels_last:
+            r = r.contiguous(memory_format=torch.channels_last)
+        return r
+
+
+def local_preprocess(local_input: str, prep: Preprocess) -> nn.Module:
+    """What the crops go through before the local backbone: ``prep`` itself for ``"rgb"`` (the paper),
+    a :class:`ResidualPreprocess` in the same memory layout for ``"residual"``."""
+    if local_input == "rgb":
+        return prep
+    if local_input == "residual":
+        return ResidualPreprocess(prep.channels_last)
+    raise ValueError(f"unknown local_input {local_input!r} (rgb or residual)")
 
 
 def _whole_batch_only() -> bool:
@@ -172,10 +224,12 @@ def _frozen_graph(backbone: nn.Module, example: torch.Tensor) -> torch.jit.Scrip
         return torch.jit.freeze(traced)
 
 
-def backbone_features(model: nn.Module, backbone: nn.Module, views: torch.Tensor) -> torch.Tensor:
-    """uint8 (or [0, 255] float) views -> pooled features: ``model.prep`` then ``backbone``, through the
-    model's :class:`CpuGraphs` where they apply (``model.cpu_graphs = None`` switches them off)."""
-    x = model.prep(views)
+def backbone_features(model: nn.Module, backbone: nn.Module, views: torch.Tensor,
+                      prep: nn.Module | None = None) -> torch.Tensor:
+    """uint8 (or [0, 255] float) views -> pooled features: ``prep`` (default ``model.prep``) then
+    ``backbone``, through the model's :class:`CpuGraphs` where they apply (``model.cpu_graphs = None``
+    switches them off)."""
+    x = (model.prep if prep is None else prep)(views)
     graphs = getattr(model, "cpu_graphs", None)
     if graphs is not None and CpuGraphs.applies(backbone, x):
         return graphs(backbone, x)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..views.build import INTERPOLATIONS, ViewSpec
 
 ARCHS = ("glass", "standard")
+LOCAL_INPUTS = ("rgb", "residual")  # what the local backbone sees of each crop (models.common)
 
 
 @dataclass
@@ -18,6 +19,10 @@ class ModelConfig:
     max_grid: int = 8  # cap on the stratification grid G
     sampling: str = "stratified"  # stratified | grid | random
     shared_backbone: bool = False  # one backbone for global and local views (half the parameters)
+    # The crops as the local backbone sees them: "rgb" (the paper) or "residual" (their per-channel
+    # 4-neighbour Laplacian, which exposes the period-2 trace of upsampling; models.common.ResidualPreprocess).
+    # The baseline has no crops: its config always says "rgb". Checkpoints written before this field load as "rgb".
+    local_input: str = "rgb"
     dropout: float = 0.1
     attn_hidden: int = 128
     class_names: tuple[str, ...] = ("real", "fake")  # index 1 is the positive ("fake") class
@@ -38,6 +43,10 @@ class ModelConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.local_input not in LOCAL_INPUTS:
+            raise ValueError(f"local_input must be one of {LOCAL_INPUTS}, got {self.local_input!r}")
+        if self.arch == "standard":
+            self.local_input = "rgb"  # no crops: nothing the option could change
         self.class_names = tuple(self.class_names)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:

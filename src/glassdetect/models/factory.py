@@ -22,6 +22,7 @@ from torch import nn
 from .. import __version__
 from ..fsutil import atomic_dir
 from .backbones import create_backbone, is_convnet
+from .common import local_preprocess
 from .config import ModelConfig
 from .glass import GLASS
 from .standard import StandardClassifier
@@ -67,6 +68,8 @@ def _rebuild(cfg: ModelConfig) -> nn.Module:
     for name in ("mean", "std", "interpolation", "channels_last", "weights", "num_features"):
         setattr(built, name, getattr(cfg, name))
     model.prep.__init__(built.mean, built.std, built.channels_last)  # saved normalisation wins
+    if isinstance(model, GLASS):  # the crops' preprocessing follows the saved layout too
+        model.local_prep = local_preprocess(built.local_input, model.prep)
     return model
 
 

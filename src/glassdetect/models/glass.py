@@ -9,13 +9,18 @@
 In evaluation on the CPU the backbones run over the views a few at a time (``cpu_microbatch``,
 default 4; 0 = all B·(K+1) views in one call), which is faster there; training and CUDA always
 use one call. The outputs are the same within float rounding.
+
+``cfg.local_input = "residual"`` (an option; the paper's RGB crops are the default) feeds the local
+backbone each crop's scaled Laplacian residual instead of its pixels (:class:`~.common.ResidualPreprocess`);
+the global view stays RGB.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .common import CPU_MICROBATCH, CpuGraphs, Preprocess, backbone_features, classifier_head, microbatched
+from .common import (CPU_MICROBATCH, CpuGraphs, Preprocess, backbone_features, classifier_head, local_preprocess,
+                     microbatched)
 from .config import ModelConfig
 
 
@@ -40,6 +45,7 @@ class GLASS(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.prep = Preprocess(cfg.mean, cfg.std, cfg.channels_last)
+        self.local_prep = local_preprocess(cfg.local_input, self.prep)  # ``prep`` itself for RGB crops
         self.global_backbone = global_backbone
         # With a shared backbone both names point at one module (saved once by safetensors).
         self.local_backbone = global_backbone if local_backbone is None else local_backbone
@@ -70,12 +76,13 @@ class GLASS(nn.Module):
         flat = crops.flatten(0, 1)  # (B*K, 3, P, P)
         chunk = 0 if self.training else self.cpu_microbatch  # BatchNorm statistics are per batch in training
         run_global = lambda v: backbone_features(self, self.global_backbone, v)  # noqa: E731
-        if self.shared and global_view.shape[-2:] == flat.shape[-2:]:
+        if self.shared and self.local_prep is self.prep and global_view.shape[-2:] == flat.shape[-2:]:
             feats = microbatched(run_global, torch.cat([global_view, flat]), chunk)  # one batched pass
             g, f = feats[:b], feats[b:]
         else:
             g = microbatched(run_global, global_view, chunk)  # (B, D)
-            f = microbatched(lambda v: backbone_features(self, self.local_backbone, v), flat, chunk)  # (B*K, D)
+            run_local = lambda v: backbone_features(self, self.local_backbone, v, self.local_prep)  # noqa: E731
+            f = microbatched(run_local, flat, chunk)  # (B*K, D)
         return g, f.reshape(b, k, -1)
 
     def crop_scores(
