@@ -85,6 +85,8 @@ def train(
     shared_backbone: bool = _train_option("shared_backbone"),
     k: int = _train_option("k", "Local crops per image."),
     sampling: str = _train_option("sampling", "Crop sampling: stratified, grid or random."),
+    local_input: str = typer.Option("rgb", "--local-input", help="What the local backbone sees of each crop: rgb (the "
+                                    "paper) or residual (its Laplacian high-pass: the upsampling trace; docs/backbones.md)."),
     interpolation: Optional[str] = typer.Option(None, callback=_interpolation, help="Global-view resize filter: bilinear "
                                                 "(the paper), bicubic, nearest, lanczos or box (default: the weights' own)."),
     epochs: int = _train_option("epochs"),
@@ -127,8 +129,8 @@ def train(
 
     opts = _train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
-        shared_backbone=shared_backbone, k=k, sampling=sampling, interpolation=interpolation, epochs=epochs,
-        batch_size=batch_size, accum=accum,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, interpolation=interpolation,
+        epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,

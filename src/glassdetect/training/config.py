@@ -22,6 +22,7 @@ class TrainConfig:
     patch: int = 224
     interpolation: str | None = None  # global-view resize filter (bilinear, bicubic, ...); None: the weights' own
     sampling: str = "stratified"
+    local_input: str = "rgb"  # the crops as the local backbone sees them: rgb (the paper) or residual (ModelConfig)
     dropout: float = 0.1
     freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
     # optimisation
@@ -58,7 +59,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
                            shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
-                           interpolation=self.interpolation)
+                           interpolation=self.interpolation, local_input=self.local_input)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
