@@ -4,7 +4,7 @@
   the first sub-folder names the generator), optionally split already:
   ``ROOT/{train,val,test}/<real|fake>/...``. A file's group (its source image) is its file stem,
   so ``real/x.jpg`` and ``fake/gen/x.png`` are partners and never straddle splits.
-* a CSV manifest ``path,label[,group][,generator][,split]`` (paths relative to the CSV).
+* a CSV manifest ``path,label[,group][,generator][,split][,family][,history]`` (paths relative to the CSV).
 
 Other datasets' layouts build on these (:mod:`glassdetect.data.layouts`); splitting is :mod:`glassdetect.data.splits`.
 """
@@ -29,6 +29,8 @@ class Sample:
     key: str  # path relative to the data root, for reports
     generator: str = ""
     split: str = ""
+    family: str = ""  # the generator's family (manifest column ``family``; "" when absent)
+    history: str = ""  # the pixel history of the image (manifest column ``history``; "" when absent)
 
 
 def _is_image(p: Path) -> bool:
@@ -87,7 +89,8 @@ def load_manifest(csv_path: str | Path, class_names: Sequence[str] = ("real", "f
                 raise ValueError(f"{csv_path}:{line}: unknown split {split!r} (use {', '.join(SPLITS)})")
             samples.append(
                 Sample(str(p.resolve()), idx, (row.get("group") or "").strip() or Path(rel).stem, rel,
-                       (row.get("generator") or "").strip(), split)
+                       (row.get("generator") or "").strip(), split, (row.get("family") or "").strip(),
+                       (row.get("history") or "").strip())
             )
     return samples
 
