@@ -403,23 +403,24 @@ def test_healthz_answers_while_a_slow_batch_runs(ckpt, jpeg):
 
 
 class _CountingDetector(Detector):
-    calls: list[str]
+    calls: list[int]
 
-    def predict(self, *args, **kwargs):
-        self.calls.append("predict")
-        return super().predict(*args, **kwargs)
+    def run_batch(self, batch):
+        self.calls.append(len(batch["items"]))
+        return super().run_batch(batch)
 
 
 def test_max_batch_1_is_the_unbatched_path(ckpt, jpeg):
     counting = _CountingDetector.from_pretrained(ckpt, "cpu")
     counting.calls = []
-    app = create_app(counting, batch=BatchConfig(max_batch=1, max_wait_ms=500))
+    app = create_app(counting, batch=BatchConfig(max_batch=1, max_wait_ms=500), warm=False)
     with TestClient(app) as c:
         t0 = time.perf_counter()
         r = post_file(c, jpeg.read_bytes(), "photo.jpg")
         assert r.status_code == 200 and time.perf_counter() - t0 < 0.5  # no waiting for company
         h = c.get("/healthz").json()["batching"]
-    assert counting.calls == ["predict"]  # the request's own forward pass, as before batching existed
+    assert app.state.service.batcher is None
+    assert counting.calls == [1]  # the request's own forward pass, as before batching existed
     assert h == {"max_batch": 1, "max_wait_ms": 500.0}
     with TestClient(create_app(counting)) as c:  # the default on the CPU: no batching
         assert c.get("/healthz").json()["batching"]["max_batch"] == 1

@@ -280,11 +280,12 @@ def export(
 @app.command()
 def serve(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all: give access tokens too)."),
     port: int = typer.Option(8000),
     concurrency: int = typer.Option(2, help="Inferences (forward passes) running at once, in worker threads."),
     max_batch: int = typer.Option(0, "--max-batch", help="Concurrent requests share one forward pass of up to this many images; 1 = one pass per request; 0 = auto: 8 on a GPU, 1 on the CPU (where a batch is no faster per image)."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a batch waits for requests still building their views (ms)."),
+    max_waiting: int = typer.Option(64, "--max-waiting", help="Requests inside the service at once (decoding, queued or in a forward pass); more get 503 with Retry-After."),
     threads: int = typer.Option(0, help="Torch threads (0 = auto)."),
     device: str = typer.Option("auto"),
     max_mb: float = typer.Option(20.0, "--max-mb", help="Largest upload in MiB (413 above)."),
@@ -293,20 +294,38 @@ def serve(
     unsure: Optional[str] = typer.Option(None, help="Override the 'unsure' band: 'lo,hi' or 'none'."),
     draws: int = typer.Option(1, help="Stratified crop draws averaged per image."),
     mode: Optional[str] = typer.Option(None, help="Crop mode: stratified, grid or random."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", envvar="GLASSDETECT_TOKEN_FILE", help="Access tokens, one per line (NAME:TOKEN names its holder); also read from $GLASSDETECT_TOKENS (comma-separated). Requests then need 'Authorization: Bearer TOKEN'; /healthz, /readyz and the page stay open."),
+    rate_limit: float = typer.Option(0.0, "--rate-limit", help="Requests per second each client (token, or address without tokens) may send to /v1/detect; 429 above; 0 = no limit."),
+    rate_burst: int = typer.Option(0, "--rate-burst", help="Requests a client may send at once within --rate-limit (0 = the rate, at least 1)."),
+    request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds a request may take from its arrival: 408 when its body is still arriving, 503 after; 0 = none."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", help="On SIGTERM: seconds the requests in flight get to finish (new connections are refused at once)."),
+    log_format: str = typer.Option("text", "--log-format", help="text (uvicorn's lines) or json (every line a JSON object, one per request: id, status, timings, image size, verdict)."),
     log_level: str = typer.Option("info"),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
 ) -> None:
-    """Serve the model over HTTP: POST /v1/detect, GET /healthz, and an upload page at /."""
+    """Serve the model over HTTP: POST /v1/detect, GET /healthz, /readyz, /metrics, and an upload page at /
+    (docs/service.md)."""
     try:
+        from ..service.auth import Tokens, exposure_warning
+        from ..service.ops import OpsConfig
         from ..service.serve import serve as run_serve
     except ImportError as exc:
         _fail(f"{exc.name} is missing: pip install 'glassdetect[serve]'")
     if not (checkpoint / "config.json").is_file():
         _fail(f"{checkpoint}: not a checkpoint directory (no config.json)")
     try:
+        ops = OpsConfig(tokens=Tokens.load(token_file), rate_limit=rate_limit, rate_burst=rate_burst,
+                        request_timeout_s=request_timeout)
+    except ValueError as exc:
+        _fail(str(exc))
+    warning = exposure_warning(host, ops.tokens)
+    if warning:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    try:
         run_serve(checkpoint, host, port, device=device, threads=threads, concurrency=concurrency,
                   max_bytes=int(max_mb * 2**20), max_pixels=max_pixels, threshold=threshold,
                   unsure=False if unsure is None else unsure, draws=draws, mode=mode, log_level=log_level,
-                  access_log=access_log, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                  access_log=access_log, max_batch=max_batch, max_wait_ms=max_wait_ms, max_waiting=max_waiting,
+                  ops=ops, log_format=log_format, shutdown_timeout_s=shutdown_timeout)
     except ValueError as exc:
         _fail(str(exc))

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from ..pipeline import collate, prepare
 log = logging.getLogger("glassdetect.service.serve")
 
 RunBatch = Callable[[Sequence[Any]], Sequence[Any]]
+OnBatch = Callable[[int, float], None]  # (images, seconds) of each forward pass
 
 
 # max_batch=0 ("auto") per device type: on a GPU a batch costs little more than one image; on the
@@ -84,9 +86,20 @@ class BatchStats:
 
 
 @dataclass
+class Timing:
+    """One item's way through the batcher: seconds queued before its forward pass, the pass, its size."""
+
+    queue_s: float = 0.0
+    forward_s: float = 0.0
+    batch: int = 0
+
+
+@dataclass
 class _Pending:
     item: Any
     future: asyncio.Future = field(repr=False)
+    timing: Timing = field(default_factory=Timing)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 def run_isolated(run: RunBatch, items: Sequence[Any]) -> tuple[list[Any], bool]:
@@ -117,8 +130,8 @@ class Batcher:
     new items wait in the queue and the next batch takes up to ``max_batch`` of them at once.
     """
 
-    def __init__(self, run: RunBatch, cfg: BatchConfig, forwards: int = 1):
-        self.run, self.cfg, self.forwards = run, cfg, max(1, int(forwards))
+    def __init__(self, run: RunBatch, cfg: BatchConfig, forwards: int = 1, on_batch: OnBatch | None = None):
+        self.run, self.cfg, self.forwards, self.on_batch = run, cfg, max(1, int(forwards)), on_batch
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
@@ -149,10 +162,11 @@ class Batcher:
         assert self._queue is not None
         return self._queue
 
-    async def submit(self, item: Any) -> Any:
-        """The result for ``item`` once its batch has run; re-raises the item's own exception."""
+    async def submit(self, item: Any, timing: Timing | None = None) -> Any:
+        """The result for ``item`` once its batch has run; re-raises the item's own exception.
+        ``timing``, when given, receives the item's queue wait, forward time and batch size."""
         queue = self._ensure_started()
-        pending = _Pending(item, asyncio.get_running_loop().create_future())
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), timing or Timing())
         queue.put_nowait(pending)
         assert self._changed is not None
         self._changed.set()
@@ -214,6 +228,9 @@ class Batcher:
 
     async def _forward(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
         """One batch on a worker thread; each request gets its own result or exception."""
+        t0 = time.perf_counter()
+        for p in batch:
+            p.timing.queue_s, p.timing.batch = t0 - p.queued_at, len(batch)
         try:
             results, split = await anyio.to_thread.run_sync(
                 functools.partial(run_isolated, self.run, [p.item for p in batch]))
@@ -225,8 +242,13 @@ class Batcher:
             return
         finally:
             slots.release()
+        seconds = time.perf_counter() - t0
         self.stats.record(len(batch))
         self.stats.retried_alone += split
+        for p in batch:
+            p.timing.forward_s = seconds
+        if self.on_batch is not None:
+            self.on_batch(len(batch), seconds)
         _resolve(batch, results)
 
 

@@ -1,5 +1,13 @@
 """The upload page of ``glassdetect serve`` (``GET /``): choose or drop an image, see the verdict,
-the probability and the evidence map. ``{{MAX_MB}}`` is replaced with the upload limit."""
+the probability and the evidence map. With access control the page asks for the access token (kept
+in the tab's session storage) and sends it as ``Authorization: Bearer``; a 401 asks again.
+:func:`render_page` fills in ``{{MAX_MB}}`` (the upload limit) and ``{{AUTH}}``."""
+
+
+def render_page(max_bytes: int, auth: bool) -> str:
+    """The page for an upload limit of ``max_bytes``; ``auth``: the service wants a token."""
+    return INDEX_HTML.replace("{{MAX_MB}}", f"{max_bytes / 2**20:.0f}").replace("{{AUTH}}", "true" if auth else "false")
+
 
 INDEX_HTML = """<!doctype html>
 <html lang="en">
@@ -44,6 +52,10 @@ INDEX_HTML = """<!doctype html>
     <label id="drop" for="file"><strong>Choose an image</strong> or drop it here<br>
       <span class="muted">JPEG, PNG, WebP … up to {{MAX_MB}} MB</span></label>
     <input id="file" name="file" type="file" accept="image/*" hidden>
+    <div class="row" id="tokenrow" hidden>
+      <label for="token">Access token</label>
+      <input id="token" type="password" autocomplete="off" placeholder="paste the token you were given" size="36">
+    </div>
     <div class="row">
       <button id="submit" type="submit" disabled>Analyse</button>
       <span id="filename"></span>
@@ -67,6 +79,10 @@ INDEX_HTML = """<!doctype html>
 <script>
 const $ = (id) => document.getElementById(id);
 const input = $("file"), drop = $("drop"), submit = $("submit");
+const AUTH = {{AUTH}};
+const token = $("token");
+token.value = sessionStorage.getItem("glassdetect-token") || "";
+$("tokenrow").hidden = !AUTH;
 function chosen() {
   const f = input.files[0];
   $("filename").textContent = f ? f.name : "";
@@ -85,8 +101,14 @@ $("form").addEventListener("submit", async (ev) => {
   body.append("explain", "true");
   submit.disabled = true; $("status").hidden = false; $("error").hidden = true; $("result").hidden = true;
   try {
-    const res = await fetch("v1/detect", { method: "POST", body });
+    const headers = {};
+    if (token.value.trim()) {
+      headers["Authorization"] = "Bearer " + token.value.trim();
+      sessionStorage.setItem("glassdetect-token", token.value.trim());
+    }
+    const res = await fetch("v1/detect", { method: "POST", body, headers });
     const data = await res.json().catch(() => ({ detail: res.statusText }));
+    if (res.status === 401) { $("tokenrow").hidden = false; token.focus(); }
     if (!res.ok) throw new Error(data.detail || ("HTTP " + res.status));
     show(data);
   } catch (err) {
