@@ -273,3 +273,31 @@ def test_social_chain():
     outs = [parse("social")(small, np.random.default_rng(s)) for s in range(4)]
     assert all(not np.array_equal(o, small) for o in outs if o.shape == small.shape)  # always re-compressed
     assert np.array_equal(parse("social:p=0")(small, np.random.default_rng(0)), small)
+
+
+def test_window_is_a_fresh_random_crop_of_the_drawn_side():
+    yy, xx = np.mgrid[0:300, 0:400]
+    big = np.stack([yy % 256, xx % 256, (yy // 256) * 16 + xx // 256], axis=-1).astype(np.uint8)  # pixel = its place
+    d = parse("window:side=100-150")
+    assert d.name == "window:side=100-150" and parse(d.name) == d and not d.is_identity
+    assert parse("window:side=128-128").name == "window:side=128"
+    seen = set()
+    for seed in range(12):
+        out = d(big, np.random.default_rng(seed))
+        h, w = out.shape[:2]
+        assert h == w and 100 <= h <= 150 and out.flags.c_contiguous
+        t = int(out[0, 0, 0]) + 256 * (int(out[0, 0, 2]) // 16)
+        left = int(out[0, 0, 1]) + 256 * (int(out[0, 0, 2]) % 16)
+        assert np.array_equal(big[t : t + h, left : left + w], out)  # a sub-image of the input
+        seen.add(out.tobytes()[:64])
+        assert np.array_equal(out, d(big, np.random.default_rng(seed)))  # deterministic from the rng
+    assert len(seen) > 8  # a new place (and side) every draw
+    small = _noisy(60, 90)
+    assert d(small, np.random.default_rng(0)).shape == (60, 90, 3)  # clamped: the whole image
+    assert d(_noisy(120, 500), np.random.default_rng(1)).shape[0] == 120  # clamped on the short side only
+    chain = parse("window:side=64+standard")
+    assert chain.kinds[0] == "window" and chain(big, np.random.default_rng(0)).shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="window needs side="):
+        parse("window")
+    with pytest.raises(ValueError, match="side='0'"):
+        parse("window:side=0")

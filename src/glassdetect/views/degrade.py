@@ -26,6 +26,9 @@ probability that it is applied; default 1, never a range).
                                            short side max(1, floor(short·N/long + 0.5))); identity when
                                            the image is already that small
 ``noise:sigma=3``                          additive Gaussian noise (grey levels), rounded and clipped
+``window:side=1024-1536``                  a random square crop of side ``side`` (clamped to each image
+                                           side), at a uniform position: a fresh training window of a
+                                           large image every time (put it first, before the views)
 ``social``                                 a social-media upload: long side > 2048 → downscaled to 2048,
                                            otherwise with probability 0.5 scaled by f ~ U[0.5, 1];
                                            then JPEG q ~ U{70..90} (4:2:0)
@@ -52,7 +55,7 @@ from typing import Callable
 import numpy as np
 
 from .imageops import (  # noqa: F401 - gaussian_blur, encode_jpeg, resize_to, long_side_size: also part of this module's API
-    _RESIZE_KERNELS, _SUBSAMPLING, _blur, _check_image, _decode_bytes, _jpeg, _noise, _resize, _social, _webp,
+    _RESIZE_KERNELS, _SUBSAMPLING, _blur, _check_image, _decode_bytes, _jpeg, _noise, _resize, _social, _webp, _window,
     encode_jpeg, gaussian_blur, gaussian_kernel, long_side_size, resize_to,
 )
 
@@ -108,8 +111,9 @@ KINDS: dict[str, dict[str, _Param]] = {
                "kernel": _Param("choice", "bicubic", choices=_RESIZE_KERNELS)},
     "noise": {"sigma": _Param("float", None, 0, 255)},
     "social": {},
+    "window": {"side": _Param("int", None, 1, 1_000_000)},
 }
-_REQUIRED = {"jpeg": ("q",), "webp": ("q",), "blur": ("sigma",), "noise": ("sigma",)}
+_REQUIRED = {"jpeg": ("q",), "webp": ("q",), "blur": ("sigma",), "noise": ("sigma",), "window": ("side",)}
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class Op:
     """One degradation step: ``kind``, its parameters (fixed, or ranged ``(lo, hi)`` = a uniform
     draw per image) in canonical order without defaults, and the probability ``p`` it is applied."""
 
-    kind: str  # "jpeg" | "webp" | "blur" | "resize" | "noise" | "social"
+    kind: str  # "jpeg" | "webp" | "blur" | "resize" | "noise" | "social" | "window"
     params: tuple[tuple[str, float | str | tuple[float, float]], ...] = ()
     p: float = 1.0
 
@@ -319,6 +323,7 @@ def parse(spec: str | Degradation | None) -> Degradation:
 
 _APPLY: dict[str, Callable[[np.ndarray, dict, np.random.Generator], np.ndarray]] = {
     "jpeg": _jpeg, "webp": _webp, "blur": _blur, "resize": _resize, "noise": _noise, "social": _social,
+    "window": _window,
 }
 
 

@@ -164,6 +164,16 @@ def _noise(img: np.ndarray, prm: dict, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.uint8)
 
 
+def _window(img: np.ndarray, prm: dict, rng: np.random.Generator) -> np.ndarray:
+    """A random square window of side ``side`` (clamped to each image side), uniform position."""
+    h, w = img.shape[:2]
+    side = int(prm["side"])
+    wh, ww = min(side, h), min(side, w)
+    top = int(rng.integers(0, h - wh + 1))
+    left = int(rng.integers(0, w - ww + 1))
+    return img[top : top + wh, left : left + ww]
+
+
 SOCIAL_MAX_SIDE = 2048
 
 
