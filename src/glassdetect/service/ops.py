@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from .auth import Tokens
 from .metrics import ServiceMetrics, route_label
@@ -201,17 +202,21 @@ class Ops:
         async def tracked_receive():
             nonlocal waiting_for_body
             waiting_for_body = True
-            try:
-                message = await receive()
-            finally:
-                waiting_for_body = False
+            message = await receive()  # cancelled here by the deadline: the body was still arriving
+            waiting_for_body = False
             if message["type"] == "http.request":
                 trace.body_bytes += len(message.get("body", b""))
             return message
 
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":  # past the deadline: nothing goes out, the 503 does
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            with anyio.CancelScope(shield=True):  # a started answer is not cut in half by the deadline
+                await send(message)
+
         timeout = self.cfg.request_timeout_s
         with anyio.move_on_after(timeout if timeout > 0 else math.inf) as deadline:
-            await self.app(scope, tracked_receive, send)
+            await self.app(scope, tracked_receive, guarded_send)
         if not deadline.cancelled_caught or trace.status:
             return
         if waiting_for_body:
