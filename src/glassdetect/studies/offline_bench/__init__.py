@@ -25,6 +25,11 @@ The steps are small pure functions (crop boxes, degradation, tiled SR, splitting
 tests can run them on synthetic input; :func:`build_bench` assembles them for any list of photos
 and super-resolvers, :func:`build_offline_bench` feeds it the fetched photos and ncnn models.
 
+Version 3 (:mod:`.v3plan`, :mod:`.v3`, :mod:`.histories`; ``docs/benchmark-v3.md``) super-resolves
+large regions of each pre-scaled photo, adds pre-scale and post-processing histories (noise, JPEG
+re-save) shared by both members of a pair, splits generators by family (a left-out family in
+validation and in test) and caches every super-resolved region by content hash.
+
 The package splits the builder by job: :mod:`.sources` (the camera photos: which, fetching,
 decoding, their JPEG traces), :mod:`.superres` (the generators: ncnn models, tiled SR, making a
 fake) and :mod:`.build` (recipes, crop boxes, splits, pairs, encoding, manifests, the builder).
@@ -61,6 +66,7 @@ from .build import (
     split_photos,
     write_manifest,
 )
+from .histories import Post, PostConfig, PreScale
 from .sources import (
     PHOTOS,
     JpegTraces,
@@ -89,7 +95,12 @@ from .superres import (
     tiled_upscale,
 )
 
+from .v3 import MANIFEST_COLUMNS_V3, MappingSource, NcnnSource, build_bench_v3, build_offline_bench_v3
+from .v3plan import DEFAULT_HELDOUT, HISTORIES_V3, V3_SPECS, V3Spec, plan_regions, plan_v3
+
 __all__ = [
+    "DEFAULT_HELDOUT", "HISTORIES_V3", "MANIFEST_COLUMNS_V3", "MappingSource", "NcnnSource", "Post", "PostConfig",
+    "PreScale", "V3Spec", "V3_SPECS", "build_bench_v3", "build_offline_bench_v3", "plan_regions", "plan_v3",
     "BENCH_V2_GENERATORS", "BENCH_VERSION", "FAMILIES", "GENERATORS", "JPEG_PARAMS", "MANIFEST_COLUMNS", "PHOTOS", "PNG_PARAMS", "SPECS", "SPLITS",
     "BenchSpec", "CropBox", "GeneratorRef", "History", "JpegTraces", "NcnnRunner", "Pair", "PhotoRef",
     "SourcePhoto", "UpscaleFn", "Upscaler",

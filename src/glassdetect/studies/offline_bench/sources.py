@@ -3,6 +3,7 @@ decoding them upright, and their camera-JPEG traces (read with :func:`jpeg_trace
 fake with :func:`match_jpeg`)."""
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ class SourcePhoto:
     load: Callable[[], Image.Image]
     stratum: str = ""
     jpeg: JpegTraces | None = None
+    digest: str = ""  # sha256 of the file's bytes (a content key for caches); "" when unknown
 
 
 def open_photo(path: Path) -> Image.Image:
@@ -135,7 +137,9 @@ def photo_from_file(ref: PhotoRef, path: Path) -> SourcePhoto:
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
             w, h = h, w
         traces = jpeg_traces(im, (w, h))
-    return SourcePhoto(ref.id, f"{ref.package}:{ref.path}", (w, h), lambda: open_photo(path), ref.package, traces)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return SourcePhoto(ref.id, f"{ref.package}:{ref.path}", (w, h), lambda: open_photo(path), ref.package, traces,
+                       digest)
 
 
 def prescaled(img: Image.Image, factor: int) -> Image.Image:
