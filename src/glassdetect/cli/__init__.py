@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from . import datasets, inference, studies, training  # noqa: F401 - registers the commands
+from . import datasets, inference, reference, studies, training  # noqa: F401 - registers the commands
 from ._app import app
 
 __all__ = ["app", "main"]
