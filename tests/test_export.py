@@ -62,3 +62,25 @@ def test_baseline_exports_too(tmp_path):
         ref, _ = model(g)
     logits, attn = sess.run(None, {"global_view": g.numpy()})
     assert attn.shape == (3, 0) and np.abs(logits - ref.numpy()).max() < ATOL
+
+
+def test_residual_local_input_exports(tmp_path):
+    """--local-input residual: the crops' Laplacian residual is part of the exported graph."""
+    torch.manual_seed(3)
+    model = create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2, patch=64, global_size=64,
+                                     local_input="residual"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "ckpt"), "--onnx", str(tmp_path / "res.onnx")])
+    assert r.exit_code == 0, r.output
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    sess = ort.InferenceSession(str(tmp_path / "res.onnx"), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    c = torch.randint(0, 256, (3, 4, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    with torch.inference_mode():
+        ref = loaded.crop_scores(g, c)
+    got = sess.run(None, {"global_view": g.numpy(), "crops": c.numpy()})
+    for want, o in zip(ref, got):
+        assert o.shape == tuple(want.shape) and np.abs(o - want.numpy()).max() < ATOL
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "res.onnx")).metadata_props}
+    assert json.loads(meta["glassdetect.config"])["local_input"] == "residual"
