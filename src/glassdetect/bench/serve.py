@@ -9,6 +9,10 @@ previous answer came back) both services get the same requests, one after the ot
 the machine hits both alike. Per client count and service: requests per second over its runs,
 p50/p95 latency of all its requests, the mean batch size and ``/healthz`` latency measured while
 the load runs.
+
+Then the hostile mix (:mod:`.serve_hostile`, ``hostile``; ``None`` skips it): ``glassdetect serve``
+in its own process under valid uploads mixed with broken files, oversize bodies, slow clients and
+malformed forms, at 1, 16 and 64 clients (results under ``hostile_mix``).
 """
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .common import log
+from .serve_hostile import HostileConfig, bench_hostile, hostile_markdown
 from .synth import write_folder
 
 MODES = ("unbatched", "batched")
@@ -49,6 +54,7 @@ class ServeBenchConfig:
     concurrency: int = 2
     threads: int = 0
     device: str = "auto"
+    hostile: HostileConfig | None = field(default_factory=HostileConfig)
 
     def n_requests(self, clients: int) -> int:
         return max(self.requests, 3 * clients)
@@ -229,9 +235,14 @@ def bench_serve(workdir: str | Path, cfg: ServeBenchConfig | None = None) -> dic
         apps = _apps(det, cfg)
         with serving(apps["unbatched"]) as unbatched, serving(apps["batched"]) as batched:
             rows = _measure({"unbatched": unbatched, "batched": batched}, payloads, cfg)
+        del apps
+    hostile = None
+    if cfg.hostile is not None:
+        hostile = bench_hostile(workdir / "serve_ckpt", payloads, cfg.hostile, device=str(det.device),
+                                threads=threads or cfg.threads, concurrency=cfg.concurrency)
     return {**asdict(cfg), "size": list(cfg.size), "clients": list(cfg.clients), "device": str(det.device),
             "torch_threads": threads, "image_kb": float(np.mean([len(b) for b in payloads]) / 1e3),
-            "forward_s_per_image": forward, "runs": rows, "elapsed_s": time.perf_counter() - t0}
+            "forward_s_per_image": forward, "runs": rows, "hostile_mix": hostile, "elapsed_s": time.perf_counter() - t0}
 
 
 def _ms(v: float | None) -> str:
@@ -260,4 +271,6 @@ def serve_markdown(res: dict[str, Any]) -> list[str]:
     if fwd:
         lines += ["", "The model alone (one forward pass over prepared images, no HTTP), per image: "
                   + ", ".join(f"batch {b} {t * 1e3:.0f} ms" for b, t in fwd.items()) + "."]
+    if res.get("hostile_mix"):
+        lines += [""] + hostile_markdown(res["hostile_mix"])
     return lines + ["", f"The serve part took {res['elapsed_s']:.0f} s.", ""]

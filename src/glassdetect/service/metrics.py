@@ -10,7 +10,8 @@ Names, all prefixed ``glassdetect_``:
 ``forward_seconds``                     one forward pass (shared by a batch)
 ``batch_size``                          images per forward pass
 ``in_flight``                           requests inside the service (past the limits, not yet answered)
-``rejections_total{reason}``            refusals by HTTP status: 401, 408, 413, 415, 422, 429, 503
+``rejections_total{reason}``            refused requests by HTTP status: 400, 401, 408, 413, 415, 422, 429, 503
+                                        (not the probes /healthz and /readyz)
 ``token_requests_total{token}``         requests by token name (only with access control)
 ``ready``                               1 when the model is loaded and warm and the service not draining
 ``model_info{...}`` / ``build_info{version}``  the checkpoint's settings and the package version
@@ -24,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
 ROUTES = ("/v1/detect", "/healthz", "/readyz", "/metrics", "/")
-REJECTIONS = (401, 408, 413, 415, 422, 429, 503)
+REJECTIONS = (400, 401, 408, 413, 415, 422, 429, 503)
+PROBES = ("/healthz", "/readyz")  # their 503 means "not ready", not a refused request
 # Seconds: from a millisecond (a queue with nobody in it) to two minutes (a loaded CPU, a huge image).
 TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -71,7 +73,7 @@ class ServiceMetrics:
         route = route_label(path)
         self.requests.labels(route=route, status=str(status)).inc()
         self.request_seconds.labels(route=route).observe(seconds)
-        if status in REJECTIONS:
+        if status in REJECTIONS and path not in PROBES:
             self.rejections.labels(reason=str(status)).inc()
         if token is not None:
             self.token_requests.labels(token=token).inc()
