@@ -1,27 +1,33 @@
-"""A training-free reference detector: the 2×2-phase statistic of a second-order residual.
+"""A training-free reference detector: the 2×2-phase statistic of second-order residuals.
 
 Upsampling by pixel shuffle, transposed convolution or interpolation leaves a period-2 pattern in
 how neighbouring pixels relate (the premise of NPR, CVPR 2024); a camera's pixels have none
 (unless a JPEG's 4:2:0 chroma wrote one, which luma does not carry). The statistic:
 
-1. luma ``Y = 0.299 R + 0.587 G + 0.114 B`` of the **whole image at full resolution** (decoded
+1. integer luma ``Y = 299 R + 587 G + 114 B`` of the **whole image at full resolution** (decoded
    by the project's own path, :func:`glassdetect.views.build.decode`, EXIF-upright; no crops, no
    resize: every pixel counts, in row strips so memory stays small);
-2. its 4-neighbour Laplacian ``r`` (:func:`glassdetect.models.common.laplacian_residual`, the
-   residual the ``local_input="residual"`` GLASS option feeds its local backbone);
-3. ``m_p`` = mean ``|r|`` over the pixels of each of the four 2×2 phases ``p = (row % 2, col % 2)``;
-4. score = coefficient of variation of the four ``m_p`` divided by its maximum √3, in [0, 1]:
-   higher = more periodic = more likely upsampled (fake). A constant image scores 0.
+2. two second-order residuals of it: the 4-neighbour Laplacian
+   (:func:`glassdetect.models.common.laplacian_residual`, the residual the ``local_input="residual"``
+   GLASS option feeds its local backbone) and the 2×2 cross difference (:func:`cross_residual`);
+3. for each, ``m_p`` = mean magnitude over the pixels of each 2×2 phase ``p = (row % 2, col % 2)``;
+4. score = the mean over the two residuals of the four ``m_p``'s coefficient of variation divided
+   by its maximum √3, in [0, 1]: higher = more periodic = more likely upsampled (fake). A constant
+   image scores 0.
 
-Chosen in a pilot (docs/backbones.md, "The residual local input"): on 20 area-halved 384 px
-crops of 10 Debian photos against their super-resolved partners (8 generators), the luma
-Laplacian gave AUC 0.84 (RGB Laplacian 0.82, the 2×2 cross difference 0.75, the NPR block residual
-0.61); after JPEG q90 / q75 of both classes 0.65 / 0.63.
+Why two residuals: a symmetric, pixel-centred filter such as the Laplacian gives mirror-image
+phases the same mean magnitude, so it cannot see plain nearest / bilinear / bicubic ×2 upsampling
+(which the cross difference sees at once), while it sees most neural super-resolvers better.
+Pilot (docs/backbones.md, "The residual local input"): 20 area-halved 384 px crops of 10 Debian
+photos against their super-resolved partners (8 generators of 6 families); AUC clean / both
+classes JPEG q90 / q75: Laplacian 0.84 / 0.65 / 0.63, cross 0.75 / 0.72 / 0.67, **both 0.80 / 0.74
+/ 0.69**, the NPR block residual 0.61 / 0.57 / -.
 
 :func:`evaluate_reference` scores a data split as ``glassdetect evaluate`` scores a checkpoint and
-writes the same metrics JSON (the score stands in for the fake probability), with per-generator
-and, where the manifest has them, per-family and per-history rows. It is deterministic: a
-function of the file bytes (and of the degradation, drawn from the image content as evaluate does).
+writes the same metrics JSON (the score stands in for the fake probability; ``ece`` and ``nll``
+therefore mean little), with per-generator and, where the manifest has them, per-family and
+per-history rows. It is deterministic: a function of the file bytes (and of the degradation,
+drawn from the image content as evaluate draws it).
 """
 from __future__ import annotations
 
