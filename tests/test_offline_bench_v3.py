@@ -206,7 +206,7 @@ def test_prescale_histories_and_post_draws() -> None:
         H.PreScale("bad", 2.0, match_jpeg=True)
     posts = [H.draw_post(H.PostConfig(), np.random.default_rng(i)) for i in range(200)]
     noisy = [p for p in posts if p.sigma > 0]
-    assert 0.45 < len(noisy) / 200 < 0.75 and all(0.3 <= p.sigma <= 2.5 for p in noisy)
+    assert 0.8 < len(noisy) / 200 < 0.97 and all(1.0 <= p.sigma <= 5.0 for p in noisy)
     assert all(p.quality == 0 or 70 <= p.quality <= 97 for p in posts)
     grey = np.full((32, 32, 3), 100, np.uint8)
     out = H.sensor_noise(grey, 2.0, 0.5, np.random.default_rng(0))
