@@ -268,6 +268,9 @@ def test_trace_log_fields():
 
 @pytest.mark.parametrize("missing", ["fastapi", "prometheus_client"])
 def test_the_missing_extra_message_names_the_extra_literally(ckpt, monkeypatch, missing):
+    import glassdetect
+
+    monkeypatch.setattr(glassdetect, "service", glassdetect.service)  # the re-import below rebinds it
     for mod in [m for m in sys.modules if m.startswith("glassdetect.service")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
@@ -295,3 +298,34 @@ def test_serve_cli_checks_its_options(ckpt, tmp_path):
     r = CliRunner().invoke(cli, ["serve", str(ckpt), "--log-format", "xml", "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "log format must be text or json" in r.output
     assert "without access control" in " ".join(r.output.split())  # printed before anything else runs
+
+
+def test_the_upload_page_asks_for_the_token_in_a_real_browser(det, jpeg, tokens, tmp_path):
+    from pathlib import Path
+
+    from glassdetect.bench.serve import serving
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium is missing (Debian package 'chromium'; `make install` installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the 'playwright' Python package is not installed")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg)
+    app = create_app(det, ops=OpsConfig(tokens=tokens), batch=BatchConfig(max_batch=1))
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--disable-quic"]
+    with serving(app) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args, headless=True, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/", timeout=30_000)
+            assert page.is_visible("#token")  # the page knows the service wants a token
+            page.set_input_files("#file", str(photo))
+            page.click("#submit")  # no token yet: a readable 401
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "access token" in page.text_content("#error") and page.is_hidden("#result")
+            page.fill("#token", ALICE)
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.text_content("#verdict").strip().lower() in ("real", "fake", "unsure")
+            assert page.evaluate("sessionStorage.getItem('glassdetect-token')") == ALICE
+        finally:
+            browser.close()
