@@ -205,7 +205,7 @@ def test_rate_limiter_refills():
 
 class _SlowDetector(Detector):
     def run_batch(self, batch):
-        time.sleep(0.6)
+        time.sleep(1.0)
         return super().run_batch(batch)
 
 
@@ -214,7 +214,7 @@ def test_readyz_waits_for_the_warm_up_and_the_request_deadline(ckpt, jpeg):
     app = create_app(slow, ops=OpsConfig(request_timeout_s=0.3), batch=BatchConfig(max_batch=1))
     svc = app.state.service
     with TestClient(app) as c:
-        first = c.get("/readyz")  # the warm-up pass (0.6 s) is still running
+        first = c.get("/readyz")  # the warm-up pass (1 s) is still running
         assert first.status_code == 503 and first.json()["status"] == "warming"
         while c.get("/readyz").status_code != 200:
             time.sleep(0.05)
