@@ -215,3 +215,60 @@ def test_cli_train_config_without_split_seed_keeps_its_split(tmp_path):
         assert r.exit_code == 0, r.output
         assert _split_of(run) == expected[split_seed]
         assert json.loads((run / "best" / "config.json").read_text())["train"]["split_seed"] == split_seed
+
+
+def _tiny_run(checker_data, tmp_path, **over):
+    """A built (not trained) GLASS run on the checker data and one training batch of it."""
+    from glassdetect.pipeline import collate
+    from glassdetect.training.distributed import DistInfo
+    from glassdetect.training.train import build_run
+
+    cfg = TrainConfig(data=str(checker_data), out=str(tmp_path), backbone="test_resnet", k=2, batch_size=4,
+                      dropout=0.0, **{**FAST, **over})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    samples = _split_samples(cfg, tmp_path)
+    train_s = [s for s in samples if s.split == "train"]
+    torch.manual_seed(0)
+    run, _ = build_run(cfg, DistInfo(), torch.device("cpu"), tmp_path, train_s, train_s[:2], None)
+    batch = collate([run.data.train_ds[i] for i in range(4)])
+    return run, batch
+
+
+def _head_grad(run, batch) -> tuple[float, torch.Tensor]:
+    from glassdetect.training.train import _forward_loss
+
+    run.model.train()
+    run.model.zero_grad(set_to_none=True)
+    loss, _ = _forward_loss(run, batch, batch["label"])
+    loss.backward()
+    return float(loss.detach()), run.model.head[-1].weight.grad.clone()
+
+
+def test_crop_loss_adds_the_mean_per_crop_cross_entropy(checker_data, tmp_path):
+    """crop_loss 0 is the image loss alone (today's objective); W > 0 adds W × the mean cross-entropy
+    of each crop's own logits against its image's label, and changes the gradients."""
+    run, batch = _tiny_run(checker_data, tmp_path / "a")
+    y = batch["label"]
+    with torch.no_grad():
+        logits, _ = run.model(batch["global_view"], batch["crops"])
+        _, _, crop_logits = run.model.crop_scores(batch["global_view"], batch["crops"])
+    image_ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+    crop_ce = torch.nn.functional.cross_entropy(crop_logits.flatten(0, 1), y.repeat_interleave(2), label_smoothing=0.1)
+    loss0, grad0 = _head_grad(run, batch)
+    assert loss0 == pytest.approx(float(image_ce), rel=1e-5)
+    run.cfg.crop_loss = 0.5
+    loss1, grad1 = _head_grad(run, batch)
+    assert loss1 == pytest.approx(float(image_ce + 0.5 * crop_ce), rel=1e-5)
+    assert not torch.allclose(grad0, grad1)
+
+
+def test_crop_loss_saved_with_the_run_and_refused_for_the_baseline(checker_data, tmp_path):
+    common = dict(data=str(checker_data), backbone="test_resnet", k=2, epochs=1, batch_size=16, **FAST)
+    train(TrainConfig(out=str(tmp_path / "glass"), crop_loss=0.25, **common))
+    assert json.loads((tmp_path / "glass/last/config.json").read_text())["train"]["crop_loss"] == 0.25
+    with pytest.raises(ValueError, match="crop_loss.*standard"):
+        train(TrainConfig(out=str(tmp_path / "std"), arch="standard", crop_loss=0.25, **common))
+    r = CliRunner().invoke(app, ["train", "--data", str(checker_data), "--out", str(tmp_path / "cli"), "--arch",
+                                 "standard", "--backbone", "test_resnet", "--no-pretrained", "--crop-loss", "0.5",
+                                 "--workers", "0", "--threads", "1", "--quiet"])
+    assert r.exit_code != 0 and "crop_loss" in r.output

@@ -101,6 +101,9 @@ def train(
     dropout: float = typer.Option(0.1),
     freeze: int = _train_option("freeze", "Freeze the first N parameter groups of each backbone (1 = stem)."),
     label_smoothing: float = _train_option("label_smoothing"),
+    crop_loss: float = typer.Option(0.0, "--crop-loss", help="GLASS: weight W of an auxiliary loss, the mean "
+                                    "cross-entropy of each crop's own logits (shared head on [g; f_i]) against the "
+                                    "image's label, added to the image loss (0 = the paper's model)."),
     classes: str = _train_option("classes", "Class folder names / labels, negative first."),
     split: str = _train_option("split", "train,val,test fractions for data without splits."),
     max_pixels: int = _train_option("max_pixels", "Refuse images larger than this many pixels."),
@@ -132,7 +135,8 @@ def train(
         shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, interpolation=interpolation,
         epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
-        wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, max_pixels=max_pixels,
+        wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
+        max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
         resume=resume, sync_bn=sync_bn,
     )

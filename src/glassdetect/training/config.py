@@ -37,6 +37,9 @@ class TrainConfig:
     wd_head: float = 1e-4
     label_smoothing: float = 0.1
     min_lr: float = 1e-6
+    # GLASS only: weight of the mean per-crop cross-entropy (each crop's own logits through the shared
+    # head, labelled with its image's class) added to the image loss; 0 = the paper's model
+    crop_loss: float = 0.0
     # data
     class_names: tuple[str, ...] = ("real", "fake")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,40 +39,9 @@ from .data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss:
 )
 from ..runtime import configure_threads, resolve_device, torch_threads
 from .config import TrainConfig
+from .params import crop_loss, freeze_leading, param_groups  # noqa: F401 - re-exported
 
 STATE_NAME = "trainer_state.pt"
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: each backbone and the head get their own LR and weight decay."""
-    head = [p for n, p in model.named_parameters() if not n.startswith(("global_backbone.", "local_backbone."))]
-    g = [p for p in model.global_backbone.parameters() if p.requires_grad]
-    groups = [{"name": "global", "params": g, "lr": cfg.lr_global, "weight_decay": cfg.wd_global}]
-    if getattr(model, "local_backbone", None) is not None and model.local_backbone is not model.global_backbone:
-        loc = [p for p in model.local_backbone.parameters() if p.requires_grad]
-        groups.append({"name": "local", "params": loc, "lr": cfg.lr_local, "weight_decay": cfg.wd_local})
-    groups.append({"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.wd_head})
-    return [grp for grp in groups if grp["params"]]
-
-
-def freeze_leading(backbone: nn.Module, n_groups: int) -> int:
-    """Freeze the first ``n_groups`` of timm's coarse parameter groups (stem, then stages).
-
-    Returns how many parameters were frozen.
-    """
-    if n_groups <= 0:
-        return 0
-    from timm.models import group_parameters
-
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
-    ordered = sorted(groups.items(), key=lambda kv: kv[0])
-    names = {n for _, members in ordered[:n_groups] for n in members}
-    frozen = 0
-    for n, p in backbone.named_parameters():
-        if n in names:
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
 
 
 def _dummy_inputs(spec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -147,10 +116,8 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
         raise ValueError(f"{cfg.data}: need images in both the train and val splits (got {len(train_s)}, {len(val_s)}; "
                          f"split fractions {cfg.split_fractions}, split seed {cfg.split_seed})")
 
-    model, net, frozen = _build_model(cfg, dist, device)
-    optimizer, scheduler, scaler = _build_optimizer(cfg, model, device)
-    data = build_data(cfg, dist, device, model.cfg.view_spec(cfg.max_pixels), train_s, val_s, augment)
-    run = _Run(cfg, dist, device, out, model, net, optimizer, scheduler, scaler, data)
+    run, frozen = build_run(cfg, dist, device, out, train_s, val_s, augment)
+    model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
     progress = _resume(run) if cfg.resume and (out / "last" / STATE_NAME).exists() else _Progress()
     meta = {"train": _jsonable(asdict(cfg)), "frozen_parameters": frozen, "device": str(device)}
     if dist.enabled:
@@ -189,6 +156,28 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
             on_epoch_end(epoch, rec)
 
     return _finish(run, progress, samples, train_s, augment.name)
+
+
+def check_options(cfg: TrainConfig, dist: ddp.DistInfo) -> None:
+    """Options that cannot work together, refused before anything is written."""
+    if cfg.crop_loss < 0:
+        raise ValueError(f"crop_loss must be >= 0 (the weight of the per-crop loss), got {cfg.crop_loss}")
+    if cfg.crop_loss > 0 and cfg.arch != "glass":
+        raise ValueError(f"crop_loss {cfg.crop_loss}: the per-crop loss needs GLASS's crops; arch {cfg.arch!r} has "
+                         "none (use --crop-loss 0)")
+    if cfg.crop_loss > 0 and dist.enabled:
+        raise ValueError("crop_loss: not supported under torchrun (DistributedDataParallel) yet; use one process")
+
+
+def build_run(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, out: Path, train_s: list[Sample],
+              val_s: list[Sample], augment) -> tuple[_Run, int]:
+    """Model, optimizer, schedule and data of one run (also what ``glassdetect bench train`` times);
+    returns the run and the number of frozen parameters."""
+    check_options(cfg, dist)
+    model, net, frozen = _build_model(cfg, dist, device)
+    optimizer, scheduler, scaler = _build_optimizer(cfg, model, device)
+    data = build_data(cfg, dist, device, model.cfg.view_spec(cfg.max_pixels), train_s, val_s, augment)
+    return _Run(cfg, dist, device, out, model, net, optimizer, scheduler, scaler, data), frozen
 
 
 def _parse_augment(spec: str):
@@ -238,6 +227,27 @@ def _train_epoch(run: _Run, epoch: int, bad: dict[str, str]) -> tuple[float, int
     Images that fail to decode are recorded in ``bad``. Gradients are accumulated over ``accum``
     batches; the epoch's last, partial accumulation is applied too.
     """
+    tot_loss, tot_correct, tot_n = 0.0, 0, 0
+    for rec in train_steps(run, epoch, bad):
+        tot_loss, tot_correct, tot_n = tot_loss + rec.loss_sum, tot_correct + rec.correct, tot_n + rec.images
+    return tot_loss, tot_correct, tot_n
+
+
+@dataclass
+class StepRecord:
+    """One training batch: its loss sum, correct predictions and images, and the seconds the step
+    waited for the batch (the data loader's stall)."""
+
+    loss_sum: float
+    correct: int
+    images: int
+    wait_s: float
+
+
+def train_steps(run: _Run, epoch: int, bad: dict[str, str]) -> Iterator[StepRecord]:
+    """The steps of one epoch, one :class:`StepRecord` each, yielded once the batch's backward pass
+    (and, every ``accum`` batches, the optimizer step) is done: what :func:`_train_epoch` sums and
+    ``glassdetect bench train`` times."""
     cfg, dist, data = run.cfg, run.dist, run.data
     data.train_ds.set_epoch(epoch)
     data.sampler.set_epoch(epoch)
@@ -247,7 +257,13 @@ def _train_epoch(run: _Run, epoch: int, bad: dict[str, str]) -> tuple[float, int
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main),
                leave=False, unit="batch")
     run.optimizer.zero_grad(set_to_none=True)
-    for batch in bar:
+    batches = iter(bar)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        wait = time.perf_counter() - t0
         for _, path, reason in batch["errors"]:
             bad[path] = reason
         has_images = bool(batch["items"])
@@ -269,21 +285,28 @@ def _train_epoch(run: _Run, epoch: int, bad: dict[str, str]) -> tuple[float, int
         step += 1
         if step % cfg.accum == 0:
             _optimizer_step(run)
-        if has_images:
-            tot_loss += float(loss.detach()) * len(y)
-            tot_correct += int((logits.argmax(-1) == y).sum())
-            tot_n += len(y)
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{tot_correct / tot_n:.3f}")
+        if not has_images:
+            continue
+        rec = StepRecord(float(loss.detach()) * len(y), int((logits.argmax(-1) == y).sum()), len(y), wait)
+        tot_loss, tot_correct, tot_n = tot_loss + rec.loss_sum, tot_correct + rec.correct, tot_n + rec.images
+        bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{tot_correct / tot_n:.3f}")
+        yield rec
     if step % cfg.accum:
         _optimizer_step(run)
-    return tot_loss, tot_correct, tot_n
 
 
 def _forward_loss(run: _Run, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label-smoothed cross-entropy, logits) of one batch, under mixed precision where enabled."""
-    logits = forward(run.net, batch, run.device, run.cfg.amp).logits
-    loss = nn.functional.cross_entropy(logits.float(), y, label_smoothing=run.cfg.label_smoothing)
-    return loss, logits
+    """(label-smoothed cross-entropy, logits) of one batch, under mixed precision where enabled.
+
+    With ``crop_loss`` > 0 (GLASS) the loss also holds that weight times the mean cross-entropy of
+    each crop's own logits (:meth:`~glassdetect.models.glass.GLASS.crop_scores`: the shared head on
+    [g; f_i]) against the image's label: every crop of a fake is fake, every crop of a real is real."""
+    cfg = run.cfg
+    out = forward(run.net, batch, run.device, cfg.amp, crop_scores=cfg.crop_loss > 0)
+    loss = nn.functional.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
+    if cfg.crop_loss > 0:
+        loss = loss + cfg.crop_loss * crop_loss(out.crop_logits, y, cfg.label_smoothing)
+    return loss, out.logits
 
 
 def _zero_weight_objective(run: _Run) -> torch.Tensor:
