@@ -1,7 +1,7 @@
 # glassdetect serve in a container (docs/service.md).
 #
 #   docker build -t glassdetect .                                   # CPU torch (default)
-#   docker build -t glassdetect:cu124 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#   docker build -t glassdetect:cu130 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 .
 #   docker run -p 8000:8000 -v "$PWD/runs/demo/glass/seed0/best:/model:ro" \
 #              -v "$PWD/tokens.txt:/run/secrets/glassdetect_tokens:ro" glassdetect
 #
