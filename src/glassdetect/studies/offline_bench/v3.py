@@ -107,6 +107,22 @@ def _scaled(task: PairTask) -> Image.Image:
     return versions[task.history]
 
 
+KEEP_UPSCALERS = 2  # per worker: an ncnn net keeps its memory pools (0.3-0.5 GB each on a 1.5 MP region)
+
+
+def _upscaler(name: str) -> Upscaler:
+    """The named super-resolver, loaded on first use; only the last :data:`KEEP_UPSCALERS` stay loaded
+    (loading one costs far less than running it on a region; keeping all ten took 5.4 GB)."""
+    ups: dict[str, Upscaler] = _STATE["upscalers"]
+    if name not in ups:
+        while len(ups) >= KEEP_UPSCALERS:
+            del ups[next(iter(ups))]
+        ups[name] = _STATE["source"].make(name)
+    else:
+        ups[name] = ups.pop(name)  # most recently used last
+    return ups[name]
+
+
 def _fake_region(task: PairTask, real: Image.Image, hist: PreScale) -> tuple[Image.Image, bool]:
     """The super-resolved region from the cache, or made now and cached; and whether SR ran."""
     photo: SourcePhoto = _STATE["photos"][task.photo]
@@ -115,10 +131,7 @@ def _fake_region(task: PairTask, real: Image.Image, hist: PreScale) -> tuple[Ima
     if path.exists():
         with Image.open(path) as im:
             return im.convert("RGB"), False
-    ups = _STATE["upscalers"]
-    if task.generator not in ups:
-        ups[task.generator] = _STATE["source"].make(task.generator)
-    fake = make_fake(real, ups[task.generator])
+    fake = make_fake(real, _upscaler(task.generator))
     save_png(fake, path)
     return fake, True
 
