@@ -211,3 +211,29 @@ def test_prescale_histories_and_post_draws() -> None:
     grey = np.full((32, 32, 3), 100, np.uint8)
     out = H.sensor_noise(grey, 2.0, 0.5, np.random.default_rng(0))
     assert (out[..., 0] == out[..., 1]).all() and out.std() > 1.0  # a grey image stays grey
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_dispatches_versions_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from glassdetect.cli import app
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(ob, "build_offline_bench", lambda out, size, seed, **kw: calls.append((2, size, seed, kw)) or out)
+    monkeypatch.setattr(v3, "build_offline_bench_v3", lambda out, size, seed, **kw: calls.append((3, size, seed, kw)) or out)
+    run = lambda *a: CliRunner().invoke(app, ["data", "build-offline-bench", str(tmp_path), *a])  # noqa: E731
+    assert run().exit_code == 0 and calls[-1] == (2, "small", 0, {"num_threads": 1})  # version 2 stays the default
+    assert run("--version", "3").exit_code == 0
+    assert calls[-1] == (3, "pilot", 0, {"heldout": v3plan.DEFAULT_HELDOUT, "workers": 2, "num_threads": 1})
+    assert run("--version", "3", "--size", "small", "--seed", "2", "--heldout-families", "srmd, span",
+               "--workers", "1").exit_code == 0
+    assert calls[-1] == (3, "small", 2, {"heldout": ("srmd", "span"), "workers": 1, "num_threads": 1})
+    n = len(calls)
+    for bad, msg in ((("--version", "1"), "only versions 2 and 3"), (("--heldout-families", "srmd,span"), "belong to"),
+                     (("--size", "pilot"), "belong to")):
+        res = run(*bad)
+        assert res.exit_code != 0 and msg in res.output
+    assert len(calls) == n
