@@ -237,3 +237,20 @@ def test_cli_dispatches_versions_and_options(monkeypatch: pytest.MonkeyPatch, tm
         res = run(*bad)
         assert res.exit_code != 0 and msg in res.output
     assert len(calls) == n
+
+
+@pytest.mark.network
+def test_real_ncnn_models_on_two_workers(tmp_path: Path) -> None:
+    """The six families' real ncnn models (PyPI wheels) in forked workers, cached by model digest."""
+    photos = camera_photos(tmp_path, 6, (200, 180), (12, 12))
+    spec = replace(SPEC, generators=("spanx4_ch48", "realesr-animevideov3-x4", "realcugan-se-up4x-no-denoise",
+                                     "srmdnf-x4", "waifu2x-upconv7-photo-x2", "waifu2x-cunet-x2"),
+                   region_px=20_000, eval_side=96)
+    src = v3.NcnnSource()
+    m = v3.build_bench_v3(tmp_path / "o", photos, spec, 0, src, workers=2, cache_root=tmp_path / "c", progress=False)
+    meta = __import__("json").loads((m.parent / "bench.json").read_text())
+    assert meta["build"]["sr_runs"] == len(_rows(m)) // 2 > 0
+    assert len(src.digest("srmdnf-x4")) == 64 and src.digest("srmdnf-x4") != src.digest("spanx4_ch48")
+    m2 = v3.build_bench_v3(tmp_path / "o2", photos, spec, 0, src, workers=2, cache_root=tmp_path / "c", progress=False)
+    assert __import__("json").loads((m2.parent / "bench.json").read_text())["build"]["sr_runs"] == 0
+    assert _digest_tree(m.parent) == _digest_tree(m2.parent)
