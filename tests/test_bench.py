@@ -171,7 +171,7 @@ def test_cli_bench_writes_json_and_markdown(tmp_path, monkeypatch):
 
     from glassdetect.cli import app
 
-    def fake_run(what, quick, device, threads, workdir, workers):
+    def fake_run(what, quick, device, threads, workdir, workers, train=None):
         assert workers == "auto"
         return {"command": f"glassdetect bench {what}", "quick": quick, "environment": B.environment(),
                 "views": B.bench_views(tmp_path / "w", sizes=("1MP",), png=False, rounds=1, memory=False,

@@ -16,6 +16,10 @@ Three parts, each a function returning plain JSON-ready dicts, on images and mod
     FLOPs and the fraction of a matmul peak measured in the same run, for the model as the project
     runs it (automatic layout, micro-batched views on the CPU) and for convnets in the other
     layout, with BatchNorm folded and with all views in one backbone call.
+``train`` (:func:`bench_train`, :mod:`.train`; on its own, not in ``all``)
+    Training images/s through the real step path (loader with decode, augmentation and views,
+    forward, backward, AdamW), FLOPs per image and the fraction of the matmul peak, for the demo's
+    recipe as it runs today beside the fast recipe and single levers, in alternating rounds.
 ``predict`` (:func:`bench_predict`, :mod:`.predict`)
     :func:`glassdetect.inference.predict.predict` over a folder of 12 MP JPEGs with 2 DataLoader workers
     against the model alone on the same batches (``overlap_efficiency``).
@@ -35,6 +39,7 @@ from .predict import bench_predict
 from .report import to_markdown
 from .run import environment, run_bench
 from .synth import photo_like, write_image
+from .train import VARIANTS as TRAIN_VARIANTS, TrainBenchConfig, bench_train
 from .views import bench_augment, bench_views
 
 __all__ = [
@@ -42,5 +47,5 @@ __all__ = [
     "bench_model", "count_flops", "fold_batchnorm", "layout_name", "make_model", "matmul_peak", "random_views",
     "time_forward", "PIPELINES", "decode_only", "decode_reuse_only", "naive_views", "ours_pillow_views", "ours_views",
     "bench_predict", "to_markdown", "environment", "run_bench", "photo_like", "write_image", "bench_augment",
-    "bench_views",
+    "bench_views", "TRAIN_VARIANTS", "TrainBenchConfig", "bench_train",
 ]

@@ -13,6 +13,7 @@ GOALS = {
     "model_fraction_of_peak": ">= 70% of the measured matmul peak (ResNet-50, ConvNeXt-T; automatic layout; "
                               "worst K at batch 8)",
     "predict_overlap_efficiency": ">= 0.9 for 12 MP JPEGs with 2 workers",
+    "train_speedup": ">= 3x the training images/s of the demo's recipe as it runs today (fast recipe, same run)",
 }
 GOAL_BACKBONES = ("resnet50", "convnext_tiny")
 
@@ -68,6 +69,10 @@ def evaluate_goals(res: dict[str, Any]) -> dict[str, Any]:
     pred = res.get("predict")
     if pred:
         goals["predict_overlap_efficiency"] = {"measured": pred["overlap_efficiency"], "met": pred["overlap_efficiency"] >= 0.9}
+    fast = next((v for v in (res.get("train") or {}).get("variants", []) if v["name"] == "fast"), None)
+    if fast is not None and fast["speedup_vs_reference"] is not None:
+        goals["train_speedup"] = {"measured": fast["speedup_vs_reference"], "rounds": fast["speedup_rounds"],
+                                  "met": fast["speedup_vs_reference"] >= 3}
     for key, g in goals.items():
         g["target"] = GOALS[key]
     return goals

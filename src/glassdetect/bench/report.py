@@ -88,6 +88,25 @@ def _predict(pred: dict[str, Any]) -> list[str]:
             f"{pred.get('workers_needed', 'n/a')} |", ""]
 
 
+def _train(tr: dict[str, Any]) -> list[str]:
+    peaks = ", ".join(f"{n} thread(s) {p:.1f}" for n, p in tr["peak_gflops"].items())
+    lines = [f"## Training throughput ({tr['device']}, {tr['cpus']} CPUs; GLASS {tr['recipe']} K={tr['k']}, freeze "
+             f"{tr['freeze']}; {tr['images']} photo-like {tr['image_size']}² PNGs, augment {tr['augment']}; "
+             f"{tr['rounds']} rounds of {tr['steps']} timed steps after {tr['warmup']} warm-up; matmul peak {peaks} "
+             "GFLOP/s)", "",
+             "| recipe | threads | workers | images/s (median) | per round | step s | waiting for data | "
+             "GFLOP / image | GFLOP/s | of the machine's peak | of its threads' peak | speed-up vs reference "
+             "(per round) |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for v in tr["variants"]:
+        rounds = ", ".join(f"{r:.2f}" for r in v["images_per_s_rounds"])
+        ratios = ", ".join(f"{r:.2f}" for r in v["speedup_rounds"])
+        lines.append(f"| {v['name']} | {v['threads']} | {v['workers']} | {v['images_per_s']:.2f} | {rounds} | "
+                     f"{v['step_s_median']:.2f} | {v['wait_fraction']:.1%} | {v['gflop_per_image']:.1f} | "
+                     f"{v['gflops']:.1f} | {v['fraction_of_peak']:.2f} | {v['fraction_of_thread_peak']:.2f} | "
+                     f"{_f(v['speedup_vs_reference'], '.2f')}× ({ratios}) |")
+    return lines + [""]
+
+
 def _goals(goals: dict[str, Any]) -> list[str]:
     lines = ["## Goals", "", "| goal | target | measured | met |", "|---|---|---:|---|"]
     for key, g in goals.items():
@@ -109,6 +128,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         from .serve import serve_markdown
 
         lines += serve_markdown(res["serve"])
+    if res.get("train"):
+        lines += _train(res["train"])
     if res.get("goals"):
         lines += _goals(res["goals"])
     return "\n".join(lines)

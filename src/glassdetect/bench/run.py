@@ -1,6 +1,7 @@
-"""``glassdetect bench [views|model|predict|serve|all]``: the parts in one run, with the machine they ran on.
+"""``glassdetect bench [views|model|predict|serve|train|all]``: the parts in one run, with the machine they ran on.
 
-``all`` is views, model and predict; ``serve`` (the HTTP service, batched vs unbatched) runs on its own.
+``all`` is views, model and predict; ``serve`` (the HTTP service, batched vs unbatched) and ``train``
+(training throughput, the demo's recipe vs the fast one) run on their own.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from .goals import evaluate_goals
 from .model import bench_model
 from .predict import bench_predict
 from .serve import ServeBenchConfig, bench_serve
+from .train import TrainBenchConfig, bench_train
 from .views import bench_views
 
 SERVE = "serve"  # not part of "all": it measures the service, not the pipeline
+TRAIN = "train"  # not part of "all": minutes of training steps
 
 
 def environment() -> dict[str, Any]:
@@ -50,11 +53,13 @@ def run_bench(
     threads: int = 0,
     workdir: str | Path | None = None,
     workers: int | str = 2,
+    train: TrainBenchConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the requested parts (``views``, ``model``, ``predict``, ``serve`` or ``all``); returns the results dict.
-    ``workers``: predict's decode workers (``"auto"``: as many as keep the model busy)."""
-    if what not in (*PARTS, SERVE, "all"):
-        raise ValueError(f"unknown bench part {what!r}; choose one of {', '.join((*PARTS, SERVE))} or all")
+    """Run the requested parts (``views``, ``model``, ``predict``, ``serve``, ``train`` or ``all``); returns the
+    results dict. ``workers``: predict's decode workers (``"auto"``: as many as keep the model busy);
+    ``train``: the train part's settings (default :class:`TrainBenchConfig`, smaller with ``quick``)."""
+    if what not in (*PARTS, SERVE, TRAIN, "all"):
+        raise ValueError(f"unknown bench part {what!r}; choose one of {', '.join((*PARTS, SERVE, TRAIN))} or all")
     parts = PARTS if what == "all" else (what,)
     res: dict[str, Any] = {"command": f"glassdetect bench {what}{' --quick' if quick else ''}", "quick": quick,
                            "environment": environment()}
@@ -73,7 +78,16 @@ def run_bench(
         if SERVE in parts:
             res["serve"] = bench_serve(tmp, ServeBenchConfig(device=device, threads=threads,
                                                              requests=12 if quick else 24, images=4 if quick else 8))
+        if TRAIN in parts:
+            res["train"] = bench_train(tmp, train or train_bench_defaults(quick, device))
     res["goals"] = evaluate_goals(res)
     res["elapsed_s"] = time.perf_counter() - t_start
     res["environment"]["load_average_end"] = os.getloadavg()
     return res
+
+
+def train_bench_defaults(quick: bool, device: str) -> TrainBenchConfig:
+    """bench train's default settings; ``quick``: the reference and the fast recipe only, two short rounds."""
+    if quick:
+        return TrainBenchConfig(images=24, warmup=1, steps=2, rounds=2, variants=("reference", "fast"), device=device)
+    return TrainBenchConfig(device=device)

@@ -117,7 +117,7 @@ def demo(
 
 @app.command()
 def bench(
-    what: str = typer.Argument("all", help="views, model, predict, serve (the HTTP service, unbatched vs batched) or all (views, model, predict)."),
+    what: str = typer.Argument("all", help="views, model, predict, serve (the HTTP service, unbatched vs batched), train (training images/s, the demo's recipe vs the fast one) or all (views, model, predict)."),
     quick: bool = typer.Option(False, "--quick", help="Views at 12 and 24 MP, one backbone, fewer images (under 3 minutes)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the raw results as JSON here."),
     md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown tables here."),
@@ -125,15 +125,23 @@ def bench(
     threads: int = typer.Option(0, help="Torch threads for the model (0 = auto); view building always uses one, as a worker."),
     workdir: Optional[Path] = typer.Option(None, help="Where the generated images go (default: the system temp folder)."),
     workers: str = typer.Option("2", help="predict's decode workers, or 'auto': as many as keep the model busy (e.g. a GPU), at most the CPU count."),
+    train_variants: Optional[str] = typer.Option(None, "--train-variants", help="train: comma-separated recipes to time "
+                                                 "(reference, fast, all-cpus-no-worker, all-cpus-2-workers; default "
+                                                 "reference,all-cpus-no-worker,fast; --quick: reference,fast)."),
+    train_rounds: Optional[int] = typer.Option(None, "--train-rounds", help="train: rounds of turns (default 3; --quick: 2)."),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="train: steps timed per round (default 4; --quick: 2)."),
 ) -> None:
-    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak), predict overlap, or the service's throughput (serve)."""
+    """Measure view building (ours vs naive vs decode-only), model forward (GFLOP/s vs matmul peak), predict overlap,
+    the service's throughput (serve) or training throughput (train: the demo's recipe vs the fast one)."""
     from ..bench import run_bench, to_markdown
 
     try:
         if workers != "auto" and not workers.isdigit():
             raise ValueError(f"--workers must be a count or 'auto', got {workers!r}")
         n_workers: int | str = workers if workers == "auto" else int(workers)
-        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir, workers=n_workers)
+        train = _train_bench_config(quick, device, train_variants, train_rounds, train_steps)
+        res = run_bench(what, quick=quick, device=device, threads=threads, workdir=workdir, workers=n_workers,
+                        train=train)
     except ValueError as exc:
         _fail(str(exc))
     text = to_markdown(res)
@@ -145,6 +153,29 @@ def bench(
         md.write_text(text + "\n")
     print(text)
     console.print(f"bench finished in {res['elapsed_s']:.0f} s")
+
+
+def _train_bench_config(quick: bool, device: str, variants: Optional[str], rounds: Optional[int],
+                        steps: Optional[int]):
+    """bench train's settings: its defaults (``--quick``'s) with the options given."""
+    from dataclasses import replace
+
+    from ..bench.run import train_bench_defaults
+    from ..bench.train import VARIANTS
+
+    cfg = train_bench_defaults(quick, device)
+    if variants is not None:
+        names = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or not names:
+            raise ValueError(f"--train-variants: unknown {', '.join(unknown) or '(none given)'}; choose from "
+                             f"{', '.join(VARIANTS)}")
+        cfg = replace(cfg, variants=names)
+    if rounds is not None:
+        cfg = replace(cfg, rounds=rounds)
+    if steps is not None:
+        cfg = replace(cfg, steps=steps, images=max(cfg.images, cfg.warmup + steps))
+    return cfg
 
 
 @app.command()

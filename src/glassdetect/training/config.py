@@ -52,7 +52,7 @@ class TrainConfig:
     # runtime
     seed: int = 0
     workers: int = 2
-    threads: int = 0
+    threads: int = 0  # torch threads: 0 = one per physical core, -1 = every logical CPU, N = N
     device: str = "auto"
     amp: bool = True
     progress: bool = True
@@ -107,3 +107,12 @@ class Recipe:
         """The recipe as :class:`TrainConfig` keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(Recipe)}
 
+
+
+def fast_recipe(**overrides) -> Recipe:
+    """The demo's recipe (same model, data, optimisation: the same results within seed noise) with the
+    runtime that uses the machine, as measured by ``glassdetect bench train`` (docs/performance.md,
+    "Training throughput"): torch's threads on every logical CPU (``threads=-1``; the recipe's
+    ``threads=0`` gives one per physical core, one of two vCPUs here) while one DataLoader worker
+    decodes and cuts the next batch's views. ``overrides``: any other :class:`Recipe` field."""
+    return Recipe(**{"threads": -1, "workers": 1, **overrides})

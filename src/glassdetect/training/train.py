@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..evaluation.report import plot_training_curves
 from .data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss: also used by the tests
     TrainData, build_data, evaluate_loss, split_samples, split_samples as _split_samples,
 )
-from ..runtime import configure_threads, resolve_device, torch_threads
+from ..runtime import configure_threads, resolve_device, resolve_threads, torch_threads
 from .config import TrainConfig
 from .params import crop_loss, freeze_leading, param_groups  # noqa: F401 - re-exported
 
@@ -107,7 +108,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
     augment = _parse_augment(cfg.augment)  # a bad spec fails before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    configure_threads(cfg.threads)
+    configure_threads(training_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     samples = split_samples(cfg, out)
     train_s = [s for s in samples if s.split == "train"]
@@ -156,6 +157,12 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
             on_epoch_end(epoch, rec)
 
     return _finish(run, progress, samples, train_s, augment.name)
+
+
+def training_threads(threads: int) -> int:
+    """torch's intra-op threads for a training run: -1 = every logical CPU (training is compute-bound:
+    on the 2-vCPU machine, 0's one per physical core leaves a core idle), 0 = auto, N = N."""
+    return max(1, os.cpu_count() or 1) if threads < 0 else resolve_threads(threads)
 
 
 def check_options(cfg: TrainConfig, dist: ddp.DistInfo) -> None:
