@@ -68,3 +68,34 @@ def test_per_history_uses_the_given_threshold(tmp_path: Path) -> None:
     assert set(low) == {"native", "halved"} and low["native"]["auc"] == 1.0
     assert low["native"]["real_accuracy"] == 0.0 and high["native"]["real_accuracy"] == 1.0
     assert low["halved"]["fake_accuracy"] == high["halved"]["fake_accuracy"] == 1.0
+
+
+@pytest.mark.timeout(600)
+def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from glassdetect.studies.offline_bench import v3, v3plan
+
+    gens = ("spanx4_ch48", "realesr-animevideov3-x2", "realcugan-se-up2x-no-denoise", "srmdnf-x3",
+            "waifu2x-upconv7-photo-x2", "waifu2x-cunet-x2")
+    spec = replace(v3plan.V3_SPECS["pilot"], generators=gens, region_px=40_000, min_side=120, eval_side=120)
+    src = v3.MappingSource({g: bicubic_upscaler(g, ob.GENERATORS[g].scale) for g in gens}, "bicubic")
+    photos = camera_photos(tmp_path, 10, (300, 260), (24, 12))
+    bench = tmp_path / "bench"
+    v3.build_bench_v3(bench, photos, spec, 0, src, workers=1, cache_root=tmp_path / "cache", progress=False)
+    cfg = DemoConfig(out=str(tmp_path / "demo"), bench=str(bench), bench_version=3, window="window:side=96-128",
+                     seeds=(0,), backbone="test_convnext", weights=None, epochs=1, batch_size=4, workers=0,
+                     threads=1, device="cpu", bootstrap=0, augment="none", sweep="jpeg:q=50")
+    res = run_demo(cfg)
+    assert res["meta"]["version"] == 3
+    for arch in ("glass", "standard"):
+        clean = res[arch]["clean"]
+        assert set(clean["per_family_seen"]) == {"yes", "no"}  # a training family and a left-out one
+        assert {"waifu2x-upconv7", "waifu2x-cunet"} - set(clean["per_family"]) == {"waifu2x-upconv7"}  # test: cunet
+        for ckpt in res["robustness"]["models"][arch]["checkpoints"]:
+            summary = json.loads((Path(ckpt).parent / "summary.json").read_text())
+            assert summary["augment"] == parse("window:side=96-128").name  # fresh windows of the regions
+    ref = res["reference"]
+    assert 0.0 <= ref["auc"] <= 1.0 and set(ref["per_group"]["family_seen"]) == {"yes", "no"}
+    md = (tmp_path / "demo" / "results.md").read_text()
+    assert "left out of it" in md and "reference (2×2-phase" in md

@@ -39,6 +39,15 @@ class DemoConfig(Recipe):  # the training recipe's fields (train_config.Recipe),
     size: str = "small"
     bench: str | None = None  # default OUT/bench
     bench_seed: int = 0
+    # Benchmark version: 2 (crop pairs, two histories, eight generators of two families) or 3 (whole
+    # regions, four histories + shared post-processing, six families, two of them left out of training:
+    # validation and test each pair every window with a training family and with a left-out one).
+    bench_version: int = 2
+    heldout_families: tuple[str, ...] | None = None  # version 3: (validation, test); None = the builder's default
+    # Version 3 trains on whole-region pairs: every epoch cuts a fresh window of this size from each
+    # (a degradation step put in front of the chosen augmentation; validation and test are fixed windows).
+    window: str = "window:side=1024-1536"
+    reference: bool = True  # score the training-free 2x2-phase reference detector on the same test images
     seeds: tuple[int, ...] = (0, 1, 2)
     bootstrap: int = 1000
     archs: tuple[str, ...] = ARCHS
@@ -56,8 +65,14 @@ class DemoConfig(Recipe):  # the training recipe's fields (train_config.Recipe),
     def train_config(self, arch: str, seed: int, data: Path, augment: str = "none") -> TrainConfig:
         return TrainConfig(
             data=str(data), out=str(Path(self.out) / arch / _slug(augment) / f"seed{seed}"), arch=arch,
-            augment=augment, seed=seed, resume=True, **self.recipe_fields(), **self.extra,
+            augment=self.training_augment(augment), seed=seed, resume=True, **self.recipe_fields(), **self.extra,
         )
+
+    def training_augment(self, augment: str) -> str:
+        """The augmentation a run trains with: version 3 cuts its window first."""
+        if self.bench_version < 3 or not self.window:
+            return augment
+        return self.window if augment in ("", "none") else f"{self.window}+{augment}"
 
 
 def _slug(text: str) -> str:
@@ -106,9 +121,35 @@ def _eval_once(ckpt: Path, data: Path, out: Path, cfg: DemoConfig) -> dict:
     return res
 
 
+def _build(bench: Path, cfg: DemoConfig) -> Path:
+    from .offline_bench import build_offline_bench
+    from .offline_bench.v3 import build_offline_bench_v3
+
+    if cfg.bench_version == 3:
+        kw = {"heldout": tuple(cfg.heldout_families)} if cfg.heldout_families else {}
+        return build_offline_bench_v3(bench, cfg.size, cfg.bench_seed, workers=max(1, cfg.workers), **kw)
+    if cfg.bench_version != 2:
+        raise ValueError(f"demo: benchmark version {cfg.bench_version} (2 or 3)")
+    return build_offline_bench(bench, cfg.size, cfg.bench_seed)
+
+
+def _reference_once(data: Path, out: Path, cfg: DemoConfig) -> dict | None:
+    """The training-free reference detector on the test split (threshold from the validation reals)."""
+    if not cfg.reference:
+        return None
+    if out.exists():
+        return json.loads(out.read_text())
+    from ..evaluation.reference import evaluate_reference
+
+    res = evaluate_reference(data, "test", out=out, target_fpr=cfg.target_fpr or 0.1)
+    res["per_group"] = per_groups(out.with_suffix(".predictions.csv"), data, res.get("threshold") or 0.5)
+    out.write_text(json.dumps(res, indent=2))
+    return res
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from ..data.audit import audit, format_report
-    from .offline_bench import BENCH_VERSION, build_offline_bench
+    from .offline_bench import BENCH_VERSION
     from ..evaluation.robustness import robustness
 
     out = Path(cfg.out)
@@ -121,7 +162,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.bench and meta_path.exists() and json.loads(meta_path.read_text()).get("status") == "complete":
         manifest = bench / "manifest.csv"  # a finished benchmark given by the caller: used as it is
     else:
-        manifest = build_offline_bench(bench, cfg.size, cfg.bench_seed)
+        manifest = _build(bench, cfg)
     bench_meta = json.loads(meta_path.read_text())
     timings = {"build_s": time.perf_counter() - t_start}
 
@@ -157,8 +198,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             res = _eval_once(ckpt, manifest, Path(tc.out) / "eval_clean.json", cfg)
             res["seed"] = seed
             res["best_epoch"] = json.loads((ckpt / "config.json").read_text())["epoch"]
-            res["per_history"] = per_history(Path(tc.out) / "eval_clean.predictions.csv", manifest,
-                                             res.get("threshold") or 0.5)
+            groups = per_groups(Path(tc.out) / "eval_clean.predictions.csv", manifest, res.get("threshold") or 0.5)
+            res.update({f"per_{col}": g for col, g in groups.items()})
             per_run[arch].append(res)
             _log(f"4/5 {arch} seed {seed} clean test: AUC {res['auc']:.3f} acc {res['accuracy']:.3f}")
 
@@ -166,6 +207,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     sweep = robustness(ckpts, manifest, out / "robustness", sweep=cfg.sweep, split="test", workers=cfg.workers,
                        device=cfg.device, threads=cfg.threads, progress=False, log=_log)
     results = summarise(per_run, train_s)
+    reference = _reference_once(manifest, out / "reference" / "test.json", cfg)
+    if reference is not None:
+        results["reference"] = {k: reference.get(k) for k in ("auc", "ap", "accuracy", "real_accuracy", "fake_accuracy",
+                                                               "per_generator", "per_group", "threshold", "arch")}
     timings["total_s"] = time.perf_counter() - t_start
     results["robustness"] = sweep
     results["audit"] = {"verdict": audit_json.get("verdict"), "flags": audit_json.get("flags")}
@@ -205,8 +250,14 @@ def select_augment(cfg: DemoConfig, manifest: Path) -> dict:
     return {"chosen": chosen, "candidates": scores, "sweep": cfg.select_sweep, "seed": seed, "split": "val"}
 
 
-def per_history(predictions_csv: Path, manifest: Path, threshold: float = 0.5) -> dict[str, dict]:
-    """AUC and accuracies (at ``threshold``) per pixel history (``history`` column of a version-2 manifest)."""
+GROUP_COLUMNS = ("history", "family", "family_seen")  # manifest columns reported per value when present
+
+
+def per_groups(predictions_csv: Path, manifest: Path, threshold: float = 0.5,
+               columns: tuple[str, ...] = GROUP_COLUMNS) -> dict[str, dict[str, dict]]:
+    """AUC and accuracies (at ``threshold``) per value of each manifest column in ``columns`` that the
+    manifest has (``history``: pixel history; version 3's ``family`` and ``family_seen``, which a real
+    row takes from its fake partner, so each value's rows are exactly its own pairs)."""
     import csv
 
     import numpy as np
@@ -215,17 +266,24 @@ def per_history(predictions_csv: Path, manifest: Path, threshold: float = 0.5) -
 
     base = manifest.parent
     with open(manifest, newline="") as fh:
-        hist = {str((base / r["path"]).resolve()): r.get("history") or "" for r in csv.DictReader(fh)}
+        meta = {str((base / r["path"]).resolve()): r for r in csv.DictReader(fh)}
     with open(predictions_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    out = {}
-    for h in sorted({hist.get(r["path"], "") for r in rows} - {""}):
-        sel = [r for r in rows if hist.get(r["path"]) == h]
-        prob = np.array([float(r["fake_probability"]) for r in sel])
-        labels = np.array([int(r["label"] == "fake") for r in sel])
-        m = binary_metrics(prob, labels, threshold)
-        out[h] = {k: m.get(k) for k in ("n", "auc", "accuracy", "real_accuracy", "fake_accuracy")}
+    out: dict[str, dict[str, dict]] = {}
+    for col in columns:
+        value = {r["path"]: (meta.get(str(Path(r["path"]).resolve())) or {}).get(col) or "" for r in rows}
+        for v in sorted(set(value.values()) - {""}):
+            sel = [r for r in rows if value[r["path"]] == v]
+            prob = np.array([float(r["fake_probability"]) for r in sel])
+            labels = np.array([int(r["label"] == "fake") for r in sel])
+            m = binary_metrics(prob, labels, threshold)
+            out.setdefault(col, {})[v] = {k: m.get(k) for k in ("n", "auc", "accuracy", "real_accuracy", "fake_accuracy")}
     return out
+
+
+def per_history(predictions_csv: Path, manifest: Path, threshold: float = 0.5) -> dict[str, dict]:
+    """AUC and accuracies (at ``threshold``) per pixel history (``history`` column of a version-2/3 manifest)."""
+    return per_groups(predictions_csv, manifest, threshold, ("history",)).get("history", {})
 
 
 def _numeric(d: dict) -> dict:
@@ -237,13 +295,43 @@ def summarise(per_run: dict[str, list[dict]], train_s: dict[str, list[float]]) -
     results: dict = {}
     for arch, runs in per_run.items():
         agg = aggregate([_numeric(r) for r in runs])
-        for key in ("per_generator", "per_history"):
+        for key in ("per_generator", *(f"per_{c}" for c in GROUP_COLUMNS)):
             names = sorted({g for r in runs for g in r.get(key) or {}})
             agg[key] = {g: aggregate([_numeric(r[key][g]) for r in runs if g in (r.get(key) or {})]) for g in names}
         agg["per_seed"] = [{"seed": r["seed"], "auc": r["auc"], "auc_ci95": r.get("auc_ci95"),
                             "accuracy": r["accuracy"], "best_epoch": r["best_epoch"]} for r in runs]
         results[arch] = {"clean": agg, "train_seconds": aggregate([{"s": s} for s in train_s[arch]])["s"]}
     return results
+
+
+_GROUP_TITLES = {
+    "family_seen": "Generator family seen in training (`yes`) or left out of it (`no`)",
+    "family": "Per generator family (a family's fakes against their own pairs' reals)",
+    "history": "Per pixel history",
+}
+
+
+def _group_tables(results: dict, archs: list[str]) -> list[str]:
+    """AUC and real accuracy per value of each grouping column, for every model and the reference."""
+    ref = (results.get("reference") or {}).get("per_group") or {}
+    lines: list[str] = []
+    for col in ("family_seen", "family", "history"):
+        values = sorted(results[archs[0]]["clean"].get(f"per_{col}") or {})
+        if not values:
+            continue
+        lines += ["", f"{_GROUP_TITLES[col]} (clean test split; AUC | real accuracy at the stored threshold):", "",
+                  "| model | " + " | ".join(f"{v} AUC | {v} real acc." for v in values) + " |",
+                  "|---|" + "---|---|" * len(values)]
+        for arch in archs:
+            g = results[arch]["clean"][f"per_{col}"]
+            lines.append(f"| {arch} | " + " | ".join(
+                f"{_pm(g[v].get('auc'))} | {_pm(g[v].get('real_accuracy'))}" if v in g else "– | –" for v in values) + " |")
+        if col in ref:
+            g = ref[col]
+            cell = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+            lines.append("| reference (2×2-phase, training-free) | " + " | ".join(
+                f"{cell(g[v].get('auc'))} | {cell(g[v].get('real_accuracy'))}" if v in g else "– | –" for v in values) + " |")
+    return lines
 
 
 def markdown(results: dict, cfg: DemoConfig) -> str:
@@ -272,16 +360,7 @@ def markdown(results: dict, cfg: DemoConfig) -> str:
     for arch in archs:
         pg = results[arch]["clean"]["per_generator"]
         lines.append(f"| {arch} | " + " | ".join(_pm(pg[g].get("auc")) if g in pg else "–" for g in gens) + " |")
-    hists = sorted(results[archs[0]]["clean"].get("per_history") or {})
-    if hists:
-        lines += ["", "Per pixel history (clean test split; `native`: camera-JPEG crops, fakes re-encoded with the "
-                  "photo's own JPEG tables; `halved`: photo area-halved first, no JPEG traces in either class):", "",
-                  "| model | " + " | ".join(f"{h} AUC | {h} real acc." for h in hists) + " |",
-                  "|---|" + "---|---|" * len(hists)]
-        for arch in archs:
-            ph = results[arch]["clean"]["per_history"]
-            lines.append(f"| {arch} | " + " | ".join(f"{_pm(ph[h].get('auc'))} | {_pm(ph[h].get('real_accuracy'))}"
-                                                      for h in hists) + " |")
+    lines += _group_tables(results, archs)
     lines += ["", "AUC per seed with a 95 % bootstrap interval over source photos:", "",
               "| model | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |", "|---|" + "---|" * len(cfg.seeds)]
     for arch in archs:
