@@ -27,7 +27,7 @@ def test_bench_train_times_each_recipe_side_by_side(tmp_path):
         assert len(v["images_per_s_rounds"]) == 2 and v["images_per_s"] > 0
         assert v["gflop_per_image"] > 0 and v["fraction_of_peak"] > 0
         assert v["gflops"] == pytest.approx(v["gflop_per_image"] * v["images_per_s"])
-        assert 0 <= v["wait_fraction"] <= 1
+        assert 0 <= v["wait_fraction"] <= 1 and v["cpu_s_per_image"] > 0 and v["fraction_of_core_peak_cpu_time"] > 0
     assert ref["speedup_rounds"] == [1.0, 1.0]
     assert fast["speedup_rounds"] == pytest.approx([a / b for a, b in zip(fast["images_per_s_rounds"],
                                                                           ref["images_per_s_rounds"])])

@@ -89,20 +89,21 @@ def _predict(pred: dict[str, Any]) -> list[str]:
 
 
 def _train(tr: dict[str, Any]) -> list[str]:
-    peaks = ", ".join(f"{n} thread(s) {p:.1f}" for n, p in tr["peak_gflops"].items())
+    peaks = ", ".join(f"{n} thread(s) {p:.1f}" for n, p in tr["peak_gflops"].items() if n != "cpu_time")
     lines = [f"## Training throughput ({tr['device']}, {tr['cpus']} CPUs; GLASS {tr['recipe']} K={tr['k']}, freeze "
              f"{tr['freeze']}; {tr['images']} photo-like {tr['image_size']}² PNGs, augment {tr['augment']}; "
              f"{tr['rounds']} rounds of {tr['steps']} timed steps after {tr['warmup']} warm-up; matmul peak {peaks} "
              "GFLOP/s)", "",
              "| recipe | threads | workers | images/s (median) | per round | step s | waiting for data | "
-             "GFLOP / image | GFLOP/s | of the machine's peak | of its threads' peak | speed-up vs reference "
-             "(per round) |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "GFLOP / image | GFLOP/s | of the machine's peak | of its threads' peak | CPU s / image | of a core's "
+             "peak (CPU time) | speed-up vs reference (per round) |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for v in tr["variants"]:
         rounds = ", ".join(f"{r:.2f}" for r in v["images_per_s_rounds"])
         ratios = ", ".join(f"{r:.2f}" for r in v["speedup_rounds"])
         lines.append(f"| {v['name']} | {v['threads']} | {v['workers']} | {v['images_per_s']:.2f} | {rounds} | "
                      f"{v['step_s_median']:.2f} | {v['wait_fraction']:.1%} | {v['gflop_per_image']:.1f} | "
                      f"{v['gflops']:.1f} | {v['fraction_of_peak']:.2f} | {v['fraction_of_thread_peak']:.2f} | "
+                     f"{v['cpu_s_per_image']:.2f} | {_f(v.get('fraction_of_core_peak_cpu_time'), '.2f')} | "
                      f"{_f(v['speedup_vs_reference'], '.2f')}× ({ratios}) |")
     return lines + [""]
 

@@ -17,7 +17,9 @@ are counted on a warm-up step, so frozen layers count only their forward pass. T
 (:func:`.model.matmul_peak`) is measured at each thread count used, at the start and the end; the
 best is the reference, so fractions are conservative. ``fraction_of_peak`` is against the peak of
 all the machine's CPUs (what the machine could do); ``fraction_of_thread_peak`` against the peak
-at the variant's own thread count.
+at the variant's own thread count; ``fraction_of_core_peak_cpu_time`` is FLOPs per CPU second of the
+training process against one thread's peak in CPU time: how well each core it gets is used, whatever
+else the machine runs.
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class _Variant:
         self.rates: list[float] = []
         self.step_s: list[float] = []
         self.wait_s: list[float] = []
+        self.cpu_s_per_image: list[float] = []  # this process's CPU seconds (all its threads, not the workers')
         self.flops_per_image: float | None = None
 
     def round(self, epoch: int, warmup: int, steps: int) -> float:
@@ -119,12 +122,13 @@ class _Variant:
                     next(it)
             n, t_all = 0, 0.0
             for _ in range(steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 rec = next(it)
                 dt = time.perf_counter() - t0
                 n, t_all = n + rec.images, t_all + dt
                 self.step_s.append(dt)
                 self.wait_s.append(rec.wait_s)
+                self.cpu_s_per_image.append((time.process_time() - c0) / rec.images)
         finally:
             it.close()  # stops the epoch's DataLoader workers
         rate = n / t_all
@@ -156,18 +160,23 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
 
 
-def _peaks(threads: set[int], device: torch.device) -> dict[int, float]:
-    out = {}
+def _peaks(threads: set[int], device: torch.device) -> dict[int | str, float]:
+    """Matmul peak GFLOP/s at each thread count, and (``"cpu_time"``) one thread's in CPU time."""
+    out: dict[int | str, float] = {}
     for n in sorted(threads):
         with torch_threads(n):
-            out[n] = matmul_peak(device, False)["peak_gflops"]
+            p = matmul_peak(device, False)
+        out[n] = p["peak_gflops"]
+        if n == 1:
+            out["cpu_time"] = p["peak_gflops_cpu_time"]
     return out
 
 
-def _summary(v: _Variant, ref: _Variant | None, peaks: dict[int, float]) -> dict[str, Any]:
+def _summary(v: _Variant, ref: _Variant | None, peaks: dict[int | str, float]) -> dict[str, Any]:
     rate = statistics.median(v.rates)
     gflop = (v.flops_per_image or 0.0) / 1e9
-    machine_peak = peaks[max(peaks)]
+    machine_peak = peaks[max(n for n in peaks if isinstance(n, int))]
+    cpu_s = statistics.median(v.cpu_s_per_image)
     ratios = [a / b for a, b in zip(v.rates, ref.rates)] if ref is not None else []
     return {
         "name": v.name, "threads": v.threads, "workers": v.cfg.workers, "batch": v.cfg.batch_size,
@@ -175,6 +184,9 @@ def _summary(v: _Variant, ref: _Variant | None, peaks: dict[int, float]) -> dict
         "wait_fraction": sum(v.wait_s) / max(sum(v.step_s), 1e-9), "gflop_per_image": gflop,
         "gflops": gflop * rate, "fraction_of_peak": gflop * rate / machine_peak,
         "fraction_of_thread_peak": gflop * rate / peaks[v.threads],
+        # per CPU second of this process (robust to other processes on a shared machine): per-core efficiency
+        "cpu_s_per_image": cpu_s, "gflops_cpu_time": gflop / cpu_s,
+        "fraction_of_core_peak_cpu_time": gflop / cpu_s / peaks["cpu_time"] if "cpu_time" in peaks else None,
         "speedup_vs_reference": statistics.median(ratios) if ratios else None, "speedup_rounds": ratios,
     }
 
@@ -193,7 +205,7 @@ def bench_train(workdir: str | Path, cfg: TrainBenchConfig | None = None) -> dic
         variants = [_Variant(name, _recipe_config(name, data, work / "runs", cfg), data, work / "runs")
                     for name in cfg.variants]
         dev = resolve_device(cfg.device)
-        threads = {v.threads for v in variants} | {max(1, os.cpu_count() or 1)}
+        threads = {v.threads for v in variants} | {1, max(1, os.cpu_count() or 1)}
         peaks = [_peaks(threads, dev)]
         log(f"train: matmul peak by threads {peaks[0]}")
         for r in range(cfg.rounds):
@@ -203,7 +215,7 @@ def bench_train(workdir: str | Path, cfg: TrainBenchConfig | None = None) -> dic
         peaks.append(_peaks(threads, dev))
     finally:
         torch.set_num_threads(before)
-    best = {n: max(p[n] for p in peaks) for n in threads}
+    best = {n: max(p[n] for p in peaks) for n in peaks[0]}
     ref = next((v for v in variants if v.name == "reference"), None)
     return {
         "device": str(dev), "cpus": os.cpu_count(), "images": cfg.images, "image_size": cfg.size, "format": "png",
