@@ -79,7 +79,10 @@ def run_bench(
             res["serve"] = bench_serve(tmp, ServeBenchConfig(device=device, threads=threads,
                                                              requests=12 if quick else 24, images=4 if quick else 8))
         if TRAIN in parts:
-            res["train"] = bench_train(tmp, train or train_bench_defaults(quick, device))
+            train = train or train_bench_defaults(quick, device)
+            res["command"] += (f" --train-variants {','.join(train.variants)} --train-rounds {train.rounds} "
+                               f"--train-steps {train.steps}")
+            res["train"] = bench_train(tmp, train)
     res["goals"] = evaluate_goals(res)
     res["elapsed_s"] = time.perf_counter() - t_start
     res["environment"]["load_average_end"] = os.getloadavg()

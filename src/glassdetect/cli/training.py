@@ -114,7 +114,8 @@ def train(
     seed: int = _train_option("seed", "Training seed: initialisation, order, crops, dropout (not the split)."),
     split_seed: int = _train_option("split_seed"),
     workers: int = _train_option("workers", "DataLoader workers (one thread each)."),
-    threads: int = _train_option("threads", "Torch threads in the main process (0 = auto)."),
+    threads: int = _train_option("threads", "Torch threads in the main process (0 = one per physical core, -1 = "
+                                 "every logical CPU: training is compute-bound, see docs/performance.md)."),
     device: str = _train_option("device", "auto, cpu, cuda, cuda:1 ..."),
     amp: bool = _train_option("amp", "Mixed precision on CUDA."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last with identical state."),
