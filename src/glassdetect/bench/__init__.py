@@ -1,7 +1,7 @@
 """Stage 8 — ``glassdetect bench``: where the time and the memory go, measured side by side in one run.
 It may import every library stage (views up to the service), never studies or the CLI.
 
-Three parts, each a function returning plain JSON-ready dicts, on images and models made here
+Parts, each a function returning plain JSON-ready dicts, on images and models made here
 (no data, no network):
 
 ``views`` (:func:`bench_views`, :mod:`.views`)

@@ -2,7 +2,8 @@
 
 AdamW with parameter groups (global backbone / local backbone / attention + head for GLASS;
 backbone / head for the baseline), cosine annealing to ``min_lr``, label smoothing, mixed
-precision on CUDA (fp32 on CPU), gradient accumulation. The best epoch by validation accuracy
+precision on CUDA (fp32 on CPU), gradient accumulation, and for GLASS an optional per-crop loss
+(``crop_loss``: each crop's own logits against its image's label, added to the image loss). The best epoch by validation accuracy
 is kept in ``OUT/best/``; ``OUT/last/`` is rewritten atomically every epoch with everything
 ``--resume`` needs to continue exactly as an uninterrupted run would.
 
