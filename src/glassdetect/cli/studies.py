@@ -90,7 +90,9 @@ def _cost_table(res: dict) -> Table:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory: bench/, <arch>/seed<N>/, results.json, results.md."),
-    size: str = typer.Option("small", help="Benchmark size: small (the demo budget) or full."),
+    size: str = typer.Option("small", help="Benchmark size: small (the demo budget) or full; version 3: pilot, small or full."),
+    bench_version: int = typer.Option(2, "--bench-version", help="Offline benchmark version: 2 (crop pairs) or 3 (whole regions, six families, two left out of training; docs/benchmark-v3.md)."),
+    heldout_families: Optional[str] = typer.Option(None, "--heldout-families", help="Version 3: VAL,TEST families left out of training (default: the builder's)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo's epochs."),
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count."),
@@ -106,7 +108,8 @@ def demo(
     from ..studies.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=str(out), size=size, seeds=tuple(int(s) for s in seeds.split(",")), workers=workers,
-                     threads=threads, device=device, augment=augment, sweep=sweep,
+                     threads=threads, device=device, augment=augment, sweep=sweep, bench_version=bench_version,
+                     heldout_families=tuple(heldout_families.split(",")) if heldout_families else None,
                      augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()))
     if epochs is not None:
         cfg.epochs = epochs
