@@ -142,17 +142,26 @@ def train(
         resume=resume, sync_bn=sync_bn,
     )
     if config is not None:
-        from_file = json.loads(config.read_text())
-        given = {name for name, src in ((n, ctx.get_parameter_source(n)) for n in ctx.params) if src and src.name == "COMMANDLINE"}
-        # command-line names that differ from the TrainConfig field they set
-        given |= {f for opt, f in _RENAMED.items() if opt in given}
-        opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
-        if "split_seed" not in from_file and "split_seed" not in given:
-            del opts["split_seed"]  # a config from before split_seed: its split was drawn with its seed
+        _merge_config_file(ctx, opts, config)
     try:
         summary = run_train(TrainConfig.from_dict(opts))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    _report_run(summary, out)
+
+
+def _merge_config_file(ctx: typer.Context, opts: dict, config: Path) -> None:
+    """Options from a JSON file fill in every option not given on the command line."""
+    from_file = json.loads(config.read_text())
+    given = {name for name, src in ((n, ctx.get_parameter_source(n)) for n in ctx.params) if src and src.name == "COMMANDLINE"}
+    # command-line names that differ from the TrainConfig field they set
+    given |= {f for opt, f in _RENAMED.items() if opt in given}
+    opts.update({k_: v for k_, v in from_file.items() if k_ not in given})
+    if "split_seed" not in from_file and "split_seed" not in given:
+        del opts["split_seed"]  # a config from before split_seed: its split was drawn with its seed
+
+
+def _report_run(summary: dict, out: Path) -> None:
     from ..training.distributed import env_info
 
     if not env_info().is_main:  # under torchrun only rank 0 reports
