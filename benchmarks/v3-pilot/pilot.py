@@ -1,0 +1,134 @@
+"""Recipe pilot on benchmark version 3: which training levers make GLASS learn the generator,
+judged on the *validation* split only — on validation photos paired with the training families
+and, separately, with a family left out of training. The test split is never read here.
+
+    python benchmarks/v3-pilot/pilot.py --data runs/bench-v3-pilot/manifest.csv --out runs/v3-pilot \\
+        --configs base,crop,residual --seeds 0 --epochs 6
+
+Each configuration is a set of TrainConfig overrides on top of :data:`BASE` (the demo's recipe on
+EfficientNet-Lite0 with the offline ImageNet weights, plus training windows drawn afresh each epoch
+from the benchmark's whole-region pairs). For every run the best checkpoint (by validation accuracy,
+as in every run) is evaluated on the validation split; AUC is reported over all validation images and
+per value of the manifest's ``family_seen``, ``family`` and ``history`` columns (each group's fakes
+against all validation reals). Writes OUT/pilot.json and OUT/pilot.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.training.train import TrainConfig, train
+
+WINDOW = "window:side=1024-1536"
+BASE = TrainConfig(arch="glass", backbone="efficientnet_lite0", pretrained=False,
+                   weights="offline:efficientnet_lite0.pypi_in1k", k=4, batch_size=8, lr_global=1e-4,
+                   lr_local=1e-4, lr_head=1e-3, dropout=0.1, freeze=2, augment=f"{WINDOW}+standard", progress=False)
+# name -> overrides of BASE; trained in the order given by --configs
+CONFIGS: dict[str, dict] = {
+    "base": {},
+    "baseline": {"arch": "standard"},
+    "crop": {"crop_loss": 0.5},
+    "residual": {"local_input": "residual"},
+    "crop+residual": {"crop_loss": 0.5, "local_input": "residual"},
+    "unfrozen": {"freeze": 0},
+    "residual-unfrozen": {"local_input": "residual", "freeze": 0},
+    "lr3x": {"lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
+    "no-augment": {"augment": WINDOW},
+    "k8": {"k": 8},
+}
+GROUP_COLUMNS = ("family_seen", "family", "history")
+
+
+def manifest_rows(path: Path) -> dict[str, dict]:
+    """Absolute image path -> the manifest row (paths in the manifest are relative to its folder)."""
+    with open(path, newline="") as fh:
+        return {str((path.parent / r["path"]).resolve()): r for r in csv.DictReader(fh)}
+
+
+def grouped_auc(pred_csv: Path, rows: dict[str, dict]) -> dict:
+    """AUC overall and, per value of each grouping column, that group's fakes against all reals."""
+    with open(pred_csv, newline="") as fh:
+        preds = [(str(Path(r["path"]).resolve()), r["label"], float(r["fake_probability"])) for r in csv.DictReader(fh)]
+    reals = [p for path, lab, p in preds if lab == "real"]
+    out: dict = {"all": _auc(reals, [p for _, lab, p in preds if lab == "fake"])}
+    for col in GROUP_COLUMNS:
+        values = sorted({rows[path].get(col, "") for path, lab, _ in preds if lab == "fake"} - {""})
+        for v in values:
+            fakes = [p for path, lab, p in preds if lab == "fake" and rows[path].get(col) == v]
+            out[f"{col}={v}"] = _auc(reals, fakes)
+    return out
+
+
+def _auc(reals: list[float], fakes: list[float]) -> float | None:
+    if not reals or not fakes:
+        return None
+    y = np.r_[np.zeros(len(reals)), np.ones(len(fakes))]
+    return float(roc_auc_score(y, np.r_[reals, fakes]))
+
+
+def run_one(name: str, seed: int, a: argparse.Namespace, rows: dict[str, dict]) -> dict:
+    out = a.out / name / f"seed{seed}"
+    cfg = replace(BASE, data=str(a.data), out=str(out), epochs=a.epochs, seed=seed, workers=a.workers,
+                  threads=a.threads, device=a.device, **CONFIGS[name])
+    t0 = time.perf_counter()
+    summary = train(cfg)
+    train_s = time.perf_counter() - t0
+    res = evaluate(out / "best", a.data, split="val", out=out / "val.json", workers=a.workers,
+                   device=a.device, threads=a.threads, progress=False)
+    aucs = grouped_auc(out / "val.predictions.csv", rows)
+    hist = summary["history"]
+    return {"config": name, "overrides": CONFIGS[name], "seed": seed, "val_auc": aucs,
+            "val_real_acc": res.get("real_accuracy"), "val_fake_acc": res.get("fake_accuracy"),
+            "best_epoch": max(hist, key=lambda h: h["val_accuracy"])["epoch"],
+            "val_auc_by_epoch": [h.get("val_auc") for h in hist], "train_seconds": train_s}
+
+
+def markdown(runs: list[dict]) -> str:
+    keys = sorted({k for r in runs for k in r["val_auc"]}, key=lambda k: (k != "all", k))
+    lines = ["| config | seed | " + " | ".join(keys) + " | best epoch | val AUC by epoch | train s |",
+             "|---" * (5 + len(keys)) + "|"]
+    fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    for r in runs:
+        lines.append(f"| {r['config']} | {r['seed']} | " + " | ".join(fmt(r["val_auc"].get(k)) for k in keys)
+                     + f" | {r['best_epoch']} | {' '.join(fmt(x) for x in r['val_auc_by_epoch'])} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, required=True, help="the version-3 manifest")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--configs", default="base,crop,residual")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget", type=float, default=3600.0, help="seconds; no new run starts after this")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows = manifest_rows(a.data)
+    t0, runs = time.perf_counter(), []
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for name in a.configs.split(","):
+            if time.perf_counter() - t0 > a.budget:
+                print(f"[pilot] budget reached, skipping {name} seed {seed}", flush=True)
+                continue
+            runs.append(run_one(name, seed, a, rows))
+            print(f"[pilot] {name} seed {seed}: " + " ".join(f"{k}={v:.3f}" for k, v in runs[-1]["val_auc"].items()
+                                                                if v is not None), flush=True)
+            (a.out / "pilot.json").write_text(json.dumps(runs, indent=2))
+            (a.out / "pilot.md").write_text(markdown(runs))
+    print(markdown(runs), flush=True)
+
+
+if __name__ == "__main__":
+    main()
