@@ -9,22 +9,19 @@ Each configuration is a set of TrainConfig overrides on top of :data:`BASE` (the
 EfficientNet-Lite0 with the offline ImageNet weights, plus training windows drawn afresh each epoch
 from the benchmark's whole-region pairs). For every run the best checkpoint (by validation accuracy,
 as in every run) is evaluated on the validation split; AUC is reported over all validation images and
-per value of the manifest's ``family_seen``, ``family`` and ``history`` columns (each group's fakes
-against all validation reals). Writes OUT/pilot.json and OUT/pilot.md.
+per value of the manifest's ``history``, ``family`` and ``family_seen`` columns, by the demo's rule: a
+value's fakes against the reals of the same pairs (a version-3 real carries its partner's family). Writes OUT/pilot.json and OUT/pilot.md.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from glassdetect.evaluation.evaluate import evaluate
+from glassdetect.studies.demo import per_groups
 from glassdetect.training.train import TrainConfig, train
 
 WINDOW = "window:side=1024-1536"
@@ -44,37 +41,16 @@ CONFIGS: dict[str, dict] = {
     "no-augment": {"augment": WINDOW},
     "k8": {"k": 8},
 }
-GROUP_COLUMNS = ("family_seen", "family", "history")
 
 
-def manifest_rows(path: Path) -> dict[str, dict]:
-    """Absolute image path -> the manifest row (paths in the manifest are relative to its folder)."""
-    with open(path, newline="") as fh:
-        return {str((path.parent / r["path"]).resolve()): r for r in csv.DictReader(fh)}
+def grouped_auc(predictions_csv: Path, manifest: Path, overall: float) -> dict:
+    """AUC overall and per value of each grouping column, by the demo's rule
+    (:func:`glassdetect.studies.demo.per_groups`: a value's fakes against its own pairs' reals)."""
+    groups = per_groups(predictions_csv, manifest)
+    return {"all": overall, **{f"{col}={v}": m["auc"] for col, vals in groups.items() for v, m in vals.items()}}
 
 
-def grouped_auc(pred_csv: Path, rows: dict[str, dict]) -> dict:
-    """AUC overall and, per value of each grouping column, that group's fakes against all reals."""
-    with open(pred_csv, newline="") as fh:
-        preds = [(str(Path(r["path"]).resolve()), r["label"], float(r["fake_probability"])) for r in csv.DictReader(fh)]
-    reals = [p for path, lab, p in preds if lab == "real"]
-    out: dict = {"all": _auc(reals, [p for _, lab, p in preds if lab == "fake"])}
-    for col in GROUP_COLUMNS:
-        values = sorted({rows[path].get(col, "") for path, lab, _ in preds if lab == "fake"} - {""})
-        for v in values:
-            fakes = [p for path, lab, p in preds if lab == "fake" and rows[path].get(col) == v]
-            out[f"{col}={v}"] = _auc(reals, fakes)
-    return out
-
-
-def _auc(reals: list[float], fakes: list[float]) -> float | None:
-    if not reals or not fakes:
-        return None
-    y = np.r_[np.zeros(len(reals)), np.ones(len(fakes))]
-    return float(roc_auc_score(y, np.r_[reals, fakes]))
-
-
-def run_one(name: str, seed: int, a: argparse.Namespace, rows: dict[str, dict]) -> dict:
+def run_one(name: str, seed: int, a: argparse.Namespace) -> dict:
     out = a.out / name / f"seed{seed}"
     cfg = replace(BASE, data=str(a.data), out=str(out), epochs=a.epochs, seed=seed, workers=a.workers,
                   threads=a.threads, device=a.device, **CONFIGS[name])
@@ -83,7 +59,7 @@ def run_one(name: str, seed: int, a: argparse.Namespace, rows: dict[str, dict]) 
     train_s = time.perf_counter() - t0
     res = evaluate(out / "best", a.data, split="val", out=out / "val.json", workers=a.workers,
                    device=a.device, threads=a.threads, progress=False)
-    aucs = grouped_auc(out / "val.predictions.csv", rows)
+    aucs = grouped_auc(out / "val.predictions.csv", a.data, res["auc"])
     hist = summary["history"]
     return {"config": name, "overrides": CONFIGS[name], "seed": seed, "val_auc": aucs,
             "val_real_acc": res.get("real_accuracy"), "val_fake_acc": res.get("fake_accuracy"),
@@ -115,14 +91,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=3600.0, help="seconds; no new run starts after this")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    rows = manifest_rows(a.data)
     t0, runs = time.perf_counter(), []
     for seed in (int(s) for s in a.seeds.split(",")):
         for name in a.configs.split(","):
             if time.perf_counter() - t0 > a.budget:
                 print(f"[pilot] budget reached, skipping {name} seed {seed}", flush=True)
                 continue
-            runs.append(run_one(name, seed, a, rows))
+            runs.append(run_one(name, seed, a))
             print(f"[pilot] {name} seed {seed}: " + " ".join(f"{k}={v:.3f}" for k, v in runs[-1]["val_auc"].items()
                                                                 if v is not None), flush=True)
             (a.out / "pilot.json").write_text(json.dumps(runs, indent=2))
