@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SIZE ?= small
+SIZE ?=
+BENCH ?= 3
 SEEDS ?= 0,1,2
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -32,7 +33,7 @@ test-slow: $(VENV)/.installed-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow --durations=10
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/glassdetect demo --size $(SIZE) --seeds $(SEEDS) --out runs/demo
+	$(VENV)/bin/glassdetect demo --bench-version $(BENCH) $(if $(SIZE),--size $(SIZE)) --seeds $(SEEDS) --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

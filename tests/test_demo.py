@@ -9,7 +9,7 @@ import pytest
 
 from glassdetect.studies import offline_bench as ob
 from glassdetect.views.degrade import parse
-from glassdetect.studies.demo import DemoConfig, run_demo
+from glassdetect.studies.demo import DemoConfig, demo_config, run_demo
 from synth import bicubic_upscaler, camera_photos
 
 
@@ -23,7 +23,7 @@ def test_demo_end_to_end_on_a_tiny_benchmark(tmp_path: Path) -> None:
     ups = {f"bicubic-x{s}": bicubic_upscaler(f"bicubic-x{s}", s) for s in (2, 4)}
     ob.build_bench(bench, photos, spec, 0, ups, progress=False)
     before = {p: p.read_bytes() for p in bench.rglob("*.png")}
-    cfg = DemoConfig(out=str(tmp_path / "demo"), bench=str(bench), seeds=(0, 1), backbone="test_convnext",
+    cfg = demo_config(2, out=str(tmp_path / "demo"), bench=str(bench), seeds=(0, 1), backbone="test_convnext",
                      weights=None, epochs=1, batch_size=4, workers=0, threads=1, device="cpu", bootstrap=20,
                      augment_candidates=("none", "jpeg:q=60-90"), select_sweep="jpeg:q=70",
                      sweep="jpeg:q=50;blur:sigma=1")
@@ -99,3 +99,16 @@ def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_pat
     assert 0.0 <= ref["auc"] <= 1.0 and set(ref["per_group"]["family_seen"]) == {"yes", "no"}
     md = (tmp_path / "demo" / "results.md").read_text()
     assert "left out of it" in md and "reference (2×2-phase" in md
+
+
+def test_demo_config_per_benchmark_version() -> None:
+    v3 = demo_config(3, device="cpu")
+    assert (v3.bench_version, v3.size, v3.epochs, v3.freeze, v3.local_input, v3.augment) == (3, "pilot", 5, 0, "residual", "standard")
+    assert (v3.threads, v3.workers) == (-1, 1)  # fast_recipe's CPU runtime: every logical CPU + one decode worker
+    v2 = demo_config(2, device="cpu", epochs=3, augment="select")
+    assert (v2.size, v2.epochs, v2.freeze, v2.local_input, v2.augment) == ("small", 3, 2, "rgb", None)
+    assert v2.train_config("glass", 0, Path("m.csv"), "mild").augment == "mild"  # no window on version 2
+    assert demo_config(3, device="cpu").train_config("glass", 0, Path("m.csv"), "standard").local_input == "residual"
+    assert DemoConfig().local_input == demo_config(3, device="cpu").local_input  # the class defaults are version 3's
+    with pytest.raises(ValueError, match="version 4"):
+        demo_config(4)

@@ -90,31 +90,30 @@ def _cost_table(res: dict) -> Table:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory: bench/, <arch>/seed<N>/, results.json, results.md."),
-    size: str = typer.Option("small", help="Benchmark size: small (the demo budget) or full; version 3: pilot, small or full."),
-    bench_version: int = typer.Option(2, "--bench-version", help="Offline benchmark version: 2 (crop pairs) or 3 (whole regions, six families, two left out of training; docs/benchmark-v3.md)."),
+    size: Optional[str] = typer.Option(None, help="Benchmark size; version 3: pilot (default, the demo's hour), small or full; version 2: small (default) or full."),
+    bench_version: int = typer.Option(3, "--bench-version", help="Offline benchmark version: 3 (whole regions, six families, two left out of training; docs/benchmark-v3.md) or 2 (crop pairs, the earlier demo)."),
     heldout_families: Optional[str] = typer.Option(None, "--heldout-families", help="Version 3: VAL,TEST families left out of training (default: the builder's)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
-    epochs: Optional[int] = typer.Option(None, help="Override the demo's epochs."),
-    k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count."),
-    augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec); default: chosen on the validation split among --augment-candidates."),
+    epochs: Optional[int] = typer.Option(None, help="Override the version's epochs (3: 5, 2: 7)."),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count (4)."),
+    freeze: Optional[int] = typer.Option(None, help="Override the leading parameter groups kept frozen (3: 0, 2: 2)."),
+    local_input: Optional[str] = typer.Option(None, "--local-input", help="Override GLASS's local input: rgb (the paper) or residual (version 3's default)."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec), or 'select' to choose it on the validation split among --augment-candidates; default: version 3 standard, version 2 select."),
     augment_candidates: str = typer.Option("mild,standard", help="Comma-separated augmentation presets to choose from on validation."),
     sweep: str = typer.Option("demo", help="Robustness sweep on the test split (preset or ';'-separated specs)."),
-    workers: int = typer.Option(1),
-    threads: int = typer.Option(0),
+    workers: Optional[int] = typer.Option(None, help="DataLoader decode workers (default: 1 on the CPU, one per CPU beside a GPU)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: every logical CPU on the CPU; -1 all, 0 one per physical core)."),
     device: str = typer.Option("auto"),
 ) -> None:
     """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds,
-    on the shortcut-free benchmark, with the training augmentation chosen on validation and a robustness sweep."""
-    from ..studies.demo import DemoConfig, run_demo
+    on the shortcut-free benchmark, per generator family (seen in training or left out), with a robustness sweep."""
+    from ..studies.demo import demo_config, run_demo
 
-    cfg = DemoConfig(out=str(out), size=size, seeds=tuple(int(s) for s in seeds.split(",")), workers=workers,
-                     threads=threads, device=device, augment=augment, sweep=sweep, bench_version=bench_version,
-                     heldout_families=tuple(heldout_families.split(",")) if heldout_families else None,
-                     augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()))
-    if epochs is not None:
-        cfg.epochs = epochs
-    if k is not None:
-        cfg.k = k
+    given = dict(size=size, workers=workers, threads=threads, augment=augment, epochs=epochs, k=k, freeze=freeze,
+                 local_input=local_input, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
+    cfg = demo_config(bench_version, out=str(out), seeds=tuple(int(s) for s in seeds.split(",")), device=device,
+                      sweep=sweep, augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()),
+                      **{key: value for key, value in given.items() if value is not None})
     run_demo(cfg)
 
 

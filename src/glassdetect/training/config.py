@@ -100,6 +100,7 @@ class Recipe:
     dropout: float = 0.1
     freeze: int = 2
     crop_loss: float = 0.0  # GLASS's optional per-crop loss (TrainConfig.crop_loss); 0 = the paper's model
+    local_input: str = "rgb"  # GLASS's crops as the local backbone sees them (TrainConfig.local_input); rgb = the paper
     workers: int = 1
     threads: int = 0
     device: str = "auto"
