@@ -2,9 +2,11 @@
 
     python benchmarks/demo/peak_rss.py --out runs/demo-rss.csv -- make demo
 
-Writes one CSV row per sample (seconds since start, total RSS of the tree in MB, the largest process's
-RSS and its command line) and prints the peak of the tree and of any single process at the end, so a
-peak can be matched to the demo's log lines (which carry wall-clock times) by its time stamp.
+Writes one CSV row per sample (seconds since start, clock time, the tree's total RSS and total PSS in MB,
+the largest process's RSS and its command line) and prints the peaks at the end, so a peak can be
+matched to the demo's log lines (which carry wall-clock times) by its time stamp. RSS counts a page
+shared by several processes (the libraries, a forked child's inherited heap) once per process; PSS
+divides it among them, so the tree's PSS is the memory it really holds.
 """
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def pss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -63,21 +76,23 @@ def main() -> int:
         ap.error("no command given")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd)
-    t0, peak, peak_one = time.time(), (0.0, 0.0), (0.0, 0.0, "")
+    t0, peak, peak_pss, peak_one = time.time(), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0, "")
     with open(a.out, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["t_s", "clock", "tree_rss_mb", "largest_rss_mb", "largest_cmd"])
+        w.writerow(["t_s", "clock", "tree_rss_mb", "tree_pss_mb", "largest_rss_mb", "largest_cmd"])
         while proc.poll() is None:
-            sizes = {pid: rss_mb(pid) for pid in tree(proc.pid)}
-            total = sum(sizes.values())
+            pids = tree(proc.pid)
+            sizes = {pid: rss_mb(pid) for pid in pids}
+            total, total_pss = sum(sizes.values()), sum(pss_mb(pid) for pid in pids)
             big = max(sizes, key=sizes.get)
             t = time.time() - t0
-            w.writerow([f"{t:.0f}", time.strftime("%H:%M:%S"), f"{total:.0f}", f"{sizes[big]:.0f}", cmdline(big)])
+            w.writerow([f"{t:.0f}", time.strftime("%H:%M:%S"), f"{total:.0f}", f"{total_pss:.0f}", f"{sizes[big]:.0f}",
+                        cmdline(big)])
             fh.flush()
-            peak = max(peak, (total, t))
+            peak, peak_pss = max(peak, (total, t)), max(peak_pss, (total_pss, t))
             peak_one = max(peak_one, (sizes[big], t, cmdline(big)))
             time.sleep(a.every)
-    print(f"peak_rss: tree {peak[0]:.0f} MB at {peak[1]:.0f} s; one process {peak_one[0]:.0f} MB at {peak_one[1]:.0f} s "
+    print(f"peak: tree RSS {peak[0]:.0f} MB at {peak[1]:.0f} s, tree PSS {peak_pss[0]:.0f} MB at {peak_pss[1]:.0f} s; one process {peak_one[0]:.0f} MB at {peak_one[1]:.0f} s "
           f"({peak_one[2]}); wall {time.time() - t0:.0f} s; exit {proc.returncode}", file=sys.stderr)
     return proc.returncode
 

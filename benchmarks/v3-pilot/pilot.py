@@ -37,6 +37,7 @@ CONFIGS: dict[str, dict] = {
     "crop+residual": {"crop_loss": 0.5, "local_input": "residual"},
     "unfrozen": {"freeze": 0},
     "residual-unfrozen": {"local_input": "residual", "freeze": 0},
+    "crop+residual-unfrozen": {"local_input": "residual", "freeze": 0, "crop_loss": 0.5},
     "lr3x": {"lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
     "no-augment": {"augment": WINDOW},
     "k8": {"k": 8},

@@ -82,3 +82,22 @@ def autocast(device: torch.device, enabled: bool = True):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def release_memory() -> bool:
+    """Hand freed memory back to the operating system: collect garbage, empty the CUDA cache, and ask
+    glibc to trim its heaps (``malloc_trim``; freed tensor memory otherwise stays resident in the
+    process, so a long-lived process that trains one model after another carries the largest run's
+    high-water mark into the next). Returns whether glibc trimmed; a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):  # not glibc
+        return False

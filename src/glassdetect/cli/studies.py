@@ -90,6 +90,7 @@ def _cost_table(res: dict) -> Table:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output directory: bench/, <arch>/seed<N>/, results.json, results.md."),
+    bench: Optional[Path] = typer.Option(None, help="A finished offline benchmark to use as it is (default: build one in OUT/bench)."),
     size: Optional[str] = typer.Option(None, help="Benchmark size; version 3: pilot (default, the demo's hour), small or full; version 2: small (default) or full."),
     bench_version: int = typer.Option(3, "--bench-version", help="Offline benchmark version: 3 (whole regions, six families, two left out of training; docs/benchmark-v3.md) or 2 (crop pairs, the earlier demo)."),
     heldout_families: Optional[str] = typer.Option(None, "--heldout-families", help="Version 3: VAL,TEST families left out of training (default: the builder's)."),
@@ -109,7 +110,7 @@ def demo(
     on the shortcut-free benchmark, per generator family (seen in training or left out), with a robustness sweep."""
     from ..studies.demo import demo_config, run_demo
 
-    given = dict(size=size, workers=workers, threads=threads, augment=augment, epochs=epochs, k=k, freeze=freeze,
+    given = dict(bench=str(bench) if bench else None, size=size, workers=workers, threads=threads, augment=augment, epochs=epochs, k=k, freeze=freeze,
                  local_input=local_input, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
     cfg = demo_config(bench_version, out=str(out), seeds=tuple(int(s) for s in seeds.split(",")), device=device,
                       sweep=sweep, augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()),

@@ -20,12 +20,14 @@ and degradation.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import aggregate, format_mean_std as _pm
+from ..runtime import release_memory
 from ..training.train import TrainConfig, train
 from ..training.config import Recipe
 
@@ -158,7 +160,8 @@ def _build(bench: Path, cfg: DemoConfig) -> Path:
 
     if cfg.bench_version == 3:
         kw = {"heldout": tuple(cfg.heldout_families)} if cfg.heldout_families else {}
-        return build_offline_bench_v3(bench, cfg.size, cfg.bench_seed, workers=max(1, cfg.workers), **kw)
+        # the super-resolvers run one thread per process: one process per CPU (~1.7 GB each)
+        return build_offline_bench_v3(bench, cfg.size, cfg.bench_seed, workers=os.cpu_count() or 1, **kw)
     if cfg.bench_version != 2:
         raise ValueError(f"demo: benchmark version {cfg.bench_version} (2 or 3)")
     return build_offline_bench(bench, cfg.size, cfg.bench_seed)
@@ -221,7 +224,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             done += 1
             tc = cfg.train_config(arch, seed, manifest, chosen)
             _log(f"3/5 training {arch} seed {seed} ({done}/{n_runs}), {cfg.epochs} epochs, augment {chosen!r}")
+            release_memory()  # each run starts from a small heap, not the last one's high-water mark
             summary = _train_once(tc)
+            release_memory()
             train_s[arch].append(sum(h["seconds"] for h in summary["history"]))
             ckpt = Path(tc.out) / "best"
             ckpts[arch].append(str(ckpt))
@@ -270,6 +275,7 @@ def select_augment(cfg: DemoConfig, manifest: Path) -> dict:
         tc = cfg.train_config("glass", seed, manifest, cand)
         _log(f"2/5 selection: training glass seed {seed} with augment {cand!r}")
         _train_once(tc)
+        release_memory()
         ckpts[cand] = [str(Path(tc.out) / "best")]
     res = robustness(ckpts, manifest, Path(cfg.out) / "select", sweep=cfg.select_sweep, split="val",
                      workers=cfg.workers, device=cfg.device, threads=cfg.threads, progress=False, log=_log)
