@@ -92,13 +92,14 @@ def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_pat
         clean = res[arch]["clean"]
         assert set(clean["per_family_seen"]) == {"yes", "no"}  # a training family and a left-out one
         assert {"waifu2x-upconv7", "waifu2x-cunet"} - set(clean["per_family"]) == {"waifu2x-upconv7"}  # test: cunet
+        assert set(clean["per_package"]) and all(0.0 <= g["auc"]["mean"] <= 1.0 for g in clean["per_package"].values())
         for ckpt in res["robustness"]["models"][arch]["checkpoints"]:
             summary = json.loads((Path(ckpt).parent / "summary.json").read_text())
             assert summary["augment"] == parse("window:side=96-128").name  # fresh windows of the regions
     ref = res["reference"]
     assert 0.0 <= ref["auc"] <= 1.0 and set(ref["per_group"]["family_seen"]) == {"yes", "no"}
     md = (tmp_path / "demo" / "results.md").read_text()
-    assert "left out of it" in md and "reference (2×2-phase" in md
+    assert "left out of it" in md and "reference (2×2-phase" in md and "Per photo package" in md
 
 
 def test_demo_config_per_benchmark_version() -> None:

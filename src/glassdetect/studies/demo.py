@@ -287,7 +287,7 @@ def select_augment(cfg: DemoConfig, manifest: Path) -> dict:
     return {"chosen": chosen, "candidates": scores, "sweep": cfg.select_sweep, "seed": seed, "split": "val"}
 
 
-GROUP_COLUMNS = ("history", "family", "family_seen")  # manifest columns reported per value when present
+GROUP_COLUMNS = ("history", "family", "family_seen", "package")  # manifest columns reported per value when present
 
 
 def per_groups(predictions_csv: Path, manifest: Path, threshold: float = 0.5,
@@ -345,6 +345,7 @@ _GROUP_TITLES = {
     "family_seen": "Generator family seen in training (`yes`) or left out of it (`no`)",
     "family": "Per generator family (a family's fakes against their own pairs' reals)",
     "history": "Per pixel history",
+    "package": "Per photo package (the test photos of each; not leave-one-package-out: every package is in training too)",
 }
 
 
@@ -352,7 +353,7 @@ def _group_tables(results: dict, archs: list[str]) -> list[str]:
     """AUC and real accuracy per value of each grouping column, for every model and the reference."""
     ref = (results.get("reference") or {}).get("per_group") or {}
     lines: list[str] = []
-    for col in ("family_seen", "family", "history"):
+    for col in ("family_seen", "family", "history", "package"):
         values = sorted(results[archs[0]]["clean"].get(f"per_{col}") or {})
         if not values:
             continue
