@@ -87,7 +87,7 @@ def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_pat
                      seeds=(0,), backbone="test_convnext", weights=None, epochs=1, batch_size=4, workers=0,
                      threads=1, device="cpu", bootstrap=0, augment="none", sweep="jpeg:q=50")
     res = run_demo(cfg)
-    assert res["meta"]["version"] == 3
+    assert res["meta"]["version"] == 3 and res["meta"]["bench"]["test"] and res["meta"]["heldout"]
     for arch in ("glass", "standard"):
         clean = res[arch]["clean"]
         assert set(clean["per_family_seen"]) == {"yes", "no"}  # a training family and a left-out one

@@ -252,8 +252,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["audit"] = {"verdict": audit_json.get("verdict"), "flags": audit_json.get("flags")}
     results["augment_selection"] = selection
     results["meta"] = {"config": asdict(cfg), "timings": timings, "version": bench_meta.get("version", 1),
-                       "code_bench_version": BENCH_VERSION, "bench": bench_meta.get("counts"),
-                       "histories": bench_meta.get("histories")}
+                       "code_bench_version": BENCH_VERSION,
+                       "bench": bench_meta.get("counts") or bench_meta.get("pairs"),  # version 2 | version 3
+                       "histories": bench_meta.get("histories") or bench_meta.get("pairs_by_history"),
+                       "heldout": bench_meta.get("heldout")}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     md = markdown(results, cfg)
     (out / "results.md").write_text(md)
