@@ -38,6 +38,7 @@ CONFIGS: dict[str, dict] = {
     "unfrozen": {"freeze": 0},
     "residual-unfrozen": {"local_input": "residual", "freeze": 0},
     "crop+residual-unfrozen": {"local_input": "residual", "freeze": 0, "crop_loss": 0.5},
+    "residual-unfrozen-accum2": {"local_input": "residual", "freeze": 0, "batch_size": 4, "accum": 2},  # half the activations
     "residual-unfrozen-lr3x": {"local_input": "residual", "freeze": 0, "lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
     "lr3x": {"lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
     "no-augment": {"augment": WINDOW},
