@@ -272,3 +272,36 @@ def test_crop_loss_saved_with_the_run_and_refused_for_the_baseline(checker_data,
                                  "standard", "--backbone", "test_resnet", "--no-pretrained", "--crop-loss", "0.5",
                                  "--workers", "0", "--threads", "1", "--quiet"])
     assert r.exit_code != 0 and "crop_loss" in r.output
+
+
+def test_train_hands_freed_memory_back_before_and_after_the_run(checker_data, tmp_path, monkeypatch):
+    """A process that trains one model after another (demo, tune, final) must not carry the last
+    run's heap into the next: train() releases before building and after the run's frame is gone,
+    also when the run fails."""
+    import gc
+    import weakref
+
+    import glassdetect.training.train as train_mod
+
+    calls: list[int] = []  # live GLASS models at each release
+    models: list[weakref.ref] = []
+    real_create = train_mod.create_model
+
+    def create_model(*a, **kw):
+        model = real_create(*a, **kw)
+        models.append(weakref.ref(model))
+        return model
+
+    def release() -> bool:
+        gc.collect()
+        calls.append(sum(ref() is not None for ref in models))
+        return True
+
+    monkeypatch.setattr(train_mod, "create_model", create_model)
+    monkeypatch.setattr(train_mod, "release_memory", release)
+    common = dict(data=str(checker_data), backbone="test_resnet", k=2, epochs=1, batch_size=16, **FAST)
+    train(TrainConfig(out=str(tmp_path / "ok"), **common))
+    assert calls == [0, 0] and models  # before the model exists, and after it is freed
+    with pytest.raises(ValueError, match="crop_loss"):
+        train(TrainConfig(out=str(tmp_path / "bad"), arch="standard", crop_loss=0.5, **common))
+    assert len(calls) == 4

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import aggregate, format_mean_std as _pm
-from ..runtime import release_memory
 from ..training.train import TrainConfig, train
 from ..training.config import Recipe
 
@@ -224,9 +223,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             done += 1
             tc = cfg.train_config(arch, seed, manifest, chosen)
             _log(f"3/5 training {arch} seed {seed} ({done}/{n_runs}), {cfg.epochs} epochs, augment {chosen!r}")
-            release_memory()  # each run starts from a small heap, not the last one's high-water mark
-            summary = _train_once(tc)
-            release_memory()
+            summary = _train_once(tc)  # train() hands freed memory back before and after the run
             train_s[arch].append(sum(h["seconds"] for h in summary["history"]))
             ckpt = Path(tc.out) / "best"
             ckpts[arch].append(str(ckpt))
@@ -277,7 +274,6 @@ def select_augment(cfg: DemoConfig, manifest: Path) -> dict:
         tc = cfg.train_config("glass", seed, manifest, cand)
         _log(f"2/5 selection: training glass seed {seed} with augment {cand!r}")
         _train_once(tc)
-        release_memory()
         ckpts[cand] = [str(Path(tc.out) / "best")]
     res = robustness(ckpts, manifest, Path(cfg.out) / "select", sweep=cfg.select_sweep, split="val",
                      workers=cfg.workers, device=cfg.device, threads=cfg.threads, progress=False, log=_log)
