@@ -301,3 +301,24 @@ def test_window_is_a_fresh_random_crop_of_the_drawn_side():
         parse("window")
     with pytest.raises(ValueError, match="side='0'"):
         parse("window:side=0")
+
+
+def test_window_align_puts_the_window_on_multiples():
+    yy, xx = np.mgrid[0:700, 0:900]
+    big = np.stack([yy % 256, xx % 256, (yy // 256) * 16 + xx // 256], axis=-1).astype(np.uint8)  # pixel = its place
+    d = parse("window:side=200-300,align=12")
+    assert d.name == "window:side=200-300,align=12" and parse(d.name) == d
+    assert parse("window:side=200,align=1").name == "window:side=200"  # the default is left out
+    places = set()
+    for seed in range(40):
+        out = d(big, np.random.default_rng(seed))
+        t = int(out[0, 0, 0]) + 256 * (int(out[0, 0, 2]) // 16)
+        left = int(out[0, 0, 1]) + 256 * (int(out[0, 0, 2]) % 16)
+        assert t % 12 == 0 and left % 12 == 0 and np.array_equal(big[t : t + out.shape[0], left : left + out.shape[1]], out)
+        places.add((t, left))
+    assert len(places) > 30
+    plain = parse("window:side=200-300")
+    for seed in range(5):  # align=1 draws what a spec without it draws
+        assert np.array_equal(plain(big, np.random.default_rng(seed)), parse("window:side=200-300,align=1")(big, np.random.default_rng(seed)))
+    with pytest.raises(ValueError, match="align"):
+        parse("window:side=200,align=0")

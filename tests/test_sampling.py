@@ -299,3 +299,55 @@ def test_train_dataset_crops_change_with_epoch(tmp_path):
     ds2 = ViewDataset([s], ViewSpec(k=4), train=True, seed=0)
     ds2.set_epoch(1)
     assert ds2[0]["boxes"].tolist() == e1  # resume: same (seed, epoch, index) → same crops
+
+
+# ------------------------------------------------------------------------------------ align
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aligned_boxes_are_on_multiples_inside_the_image_in_distinct_cells(mode):
+    rng = np.random.default_rng(7)
+    for h, w in _random_sizes(200, seed=5, lo=1, hi=3000):
+        k = int(rng.integers(1, 9))
+        align = int(rng.choice([2, 3, 8, 12]))
+        boxes = sample_boxes(h, w, k, np.random.default_rng(int(rng.integers(1 << 30))), mode, P, 8, align)
+        for top, left in boxes:
+            assert top % align == 0 and left % align == 0, (h, w, align, top, left)
+            assert 0 <= top <= max(h - P, 0) and 0 <= left <= max(w - P, 0), (h, w, top, left)
+        g = grid_size(h, w)
+        if mode == "stratified" and g * g >= k and min(h, w) >= P:
+            # a box may reach back at most align - 1 pixels into the previous cell: one per cell still
+            ys, xs = _edges(h, g), _edges(w, g)
+            cell = lambda e, x: max(r for r in range(g) if e[r] <= x)  # noqa: E731
+            cells = {(cell(ys, t + align - 1), cell(xs, l + align - 1)) for t, l in boxes}
+            assert len(cells) == k, (h, w, g, align, boxes)
+
+
+def test_align_one_draws_exactly_the_unaligned_boxes_and_align_spreads_over_its_multiples():
+    for mode in MODES:
+        for seed in range(20):
+            a = sample_boxes(1500, 2100, 5, np.random.default_rng(seed), mode)
+            assert a == sample_boxes(1500, 2100, 5, np.random.default_rng(seed), mode, P, 8, 1)
+    tops = Counter(t for s in range(400) for t, _ in sample_boxes(1032, 1032, 4, np.random.default_rng(s),
+                                                                 "stratified", P, 8, 12))
+    # G = 4 cells of 258 px: a box starts on a multiple of 12 in [cell start, cell end - 224]
+    assert set(tops) == {0, 12, 24, 264, 276, 288, 516, 528, 540, 780, 792, 804}
+    with pytest.raises(ValueError, match="align"):
+        sample_boxes(500, 500, 2, np.random.default_rng(0), "stratified", P, 8, 0)
+
+
+def test_views_and_checkpoint_carry_the_alignment(tmp_path):
+    from glassdetect.models import ModelConfig
+
+    path = tmp_path / "a.png"
+    make_image(path, 1000, 1300)
+    spec = ViewSpec(k=6, align=12)
+    v = build_views(path, spec, seed=3)
+    assert all(t % 12 == 0 and l % 12 == 0 for t, l in v.boxes)
+    assert build_views(path, spec, seed=3).boxes == v.boxes  # deterministic like every evaluation
+    cfg = ModelConfig(arch="glass", backbone="test_resnet", crop_align=12, interpolation="bicubic")
+    assert cfg.view_spec().align == 12 and ModelConfig.from_dict(cfg.to_dict()).crop_align == 12
+    old = cfg.to_dict()
+    del old["crop_align"]  # a checkpoint written before the field: the paper's uniform offsets
+    assert ModelConfig.from_dict(old).view_spec().align == 1
+    with pytest.raises(ValueError, match="crop_align"):
+        ModelConfig(crop_align=0)

@@ -101,7 +101,8 @@ def _pil_views(source: Any, name: str | None, spec: ViewSpec, seed: int, draws: 
     if spec.need_crops:
         pixels = np.asarray(img)
         for d in range(draws):
-            b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid)
+            b = sample_boxes(h, w, spec.k, eval_rng(identity, seed, d), spec.mode, spec.patch, spec.max_grid,
+                                 spec.align)
             all_boxes += b
             all_crops.append(cut_crops(pixels, b, spec.patch))
     return g, (h, w), all_crops, all_boxes, _thumbnail(img, thumbnail) if thumbnail else None, name

@@ -41,7 +41,7 @@ def naive_views(path: str | Path, spec: V.ViewSpec | None = None) -> tuple[torch
     del img
     h, w = x.shape[1:]
     g = F.interpolate(x[None], size=(spec.global_size, spec.global_size), mode="bicubic", antialias=True)[0]
-    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
+    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid, spec.align)
     p = spec.patch
     crops = torch.zeros((len(boxes), 3, p, p))
     for i, (t, l) in enumerate(boxes):

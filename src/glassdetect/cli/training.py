@@ -87,6 +87,9 @@ def train(
     sampling: str = _train_option("sampling", "Crop sampling: stratified, grid or random."),
     local_input: str = typer.Option("rgb", "--local-input", help="What the local backbone sees of each crop: rgb (the "
                                     "paper) or residual (its Laplacian high-pass: the upsampling trace; docs/backbones.md)."),
+    crop_align: int = typer.Option(1, "--crop-align", min=1, max=4096, help="Crop offsets on multiples of N (1 = the "
+                                   "paper's uniform offsets; 12 = every crop at the same phase of a ×2/×3/×4 upscaler's "
+                                   "pattern). Saved in the checkpoint: evaluation and prediction place crops the same way."),
     interpolation: Optional[str] = typer.Option(None, callback=_interpolation, help="Global-view resize filter: bilinear "
                                                 "(the paper), bicubic, nearest, lanczos or box (default: the weights' own)."),
     epochs: int = _train_option("epochs"),
@@ -133,8 +136,8 @@ def train(
 
     opts = _train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
-        shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, interpolation=interpolation,
-        epochs=epochs, batch_size=batch_size, accum=accum,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, crop_align=crop_align,
+        interpolation=interpolation, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
         max_pixels=max_pixels,

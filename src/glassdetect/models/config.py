@@ -18,6 +18,10 @@ class ModelConfig:
     global_size: int = 224  # side of the resized whole-image view
     max_grid: int = 8  # cap on the stratification grid G
     sampling: str = "stratified"  # stratified | grid | random
+    # Crop offsets on multiples of this (views.sampling): 12 shows every crop of a ×2/×3/×4 upscaler's
+    # output at the same phase of its upsampling pattern. 1 = the paper's uniform offsets (and every
+    # checkpoint written before this field).
+    crop_align: int = 1
     shared_backbone: bool = False  # one backbone for global and local views (half the parameters)
     # The crops as the local backbone sees them: "rgb" (the paper) or "residual" (their per-channel
     # 4-neighbour Laplacian, which exposes the period-2 trace of upsampling; models.common.ResidualPreprocess).
@@ -43,6 +47,9 @@ class ModelConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 1 <= int(self.crop_align) <= 4096:
+            raise ValueError(f"crop_align must be in [1, 4096], got {self.crop_align}")
+        self.crop_align = int(self.crop_align)
         if self.local_input not in LOCAL_INPUTS:
             raise ValueError(f"local_input must be one of {LOCAL_INPUTS}, got {self.local_input!r}")
         if self.arch == "standard":
@@ -70,6 +77,7 @@ class ModelConfig:
             mode=mode or self.sampling,
             interpolation=self.interpolation,
             need_crops=self.arch == "glass",
+            align=self.crop_align,
             **extra,
         )
 

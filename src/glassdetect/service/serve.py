@@ -220,7 +220,8 @@ class _Service:
         cfg = det.cfg
         self.model_info = {
             "arch": cfg.arch, "backbone": cfg.backbone, "k": cfg.k, "patch": cfg.patch,
-            "sampling": det.mode or cfg.sampling, "draws": det.draws, "temperature": cfg.temperature,
+            "sampling": det.mode or cfg.sampling, "crop_align": cfg.crop_align, "draws": det.draws,
+            "temperature": cfg.temperature,
             "threshold": det.threshold, "unsure_band": det.unsure_band, "class_names": list(cfg.class_names),
         }
         self.metrics = ServiceMetrics(__version__, {**self.model_info, "device": det.device.type,

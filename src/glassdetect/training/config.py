@@ -22,6 +22,7 @@ class TrainConfig:
     patch: int = 224
     interpolation: str | None = None  # global-view resize filter (bilinear, bicubic, ...); None: the weights' own
     sampling: str = "stratified"
+    crop_align: int = 1  # crop offsets on multiples of this (ModelConfig.crop_align); 1 = the paper
     local_input: str = "rgb"  # the crops as the local backbone sees them: rgb (the paper) or residual (ModelConfig)
     dropout: float = 0.1
     freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
@@ -62,7 +63,8 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
                            shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
-                           interpolation=self.interpolation, local_input=self.local_input)
+                           interpolation=self.interpolation, local_input=self.local_input,
+                           crop_align=self.crop_align)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -101,6 +103,7 @@ class Recipe:
     freeze: int = 2
     crop_loss: float = 0.0  # GLASS's optional per-crop loss (TrainConfig.crop_loss); 0 = the paper's model
     local_input: str = "rgb"  # GLASS's crops as the local backbone sees them (TrainConfig.local_input); rgb = the paper
+    crop_align: int = 1  # GLASS's crop offsets on multiples of this (TrainConfig.crop_align); 1 = the paper
     workers: int = 1
     threads: int = 0
     device: str = "auto"

@@ -103,6 +103,7 @@ class ViewSpec:
     interpolation: str = "bicubic"
     need_crops: bool = True  # False for the resize-only baseline
     max_pixels: int = DEFAULT_MAX_PIXELS
+    align: int = 1  # crop offsets on multiples of this (views.sampling; 1 = the paper's uniform offsets)
 
 
 @dataclass
@@ -385,7 +386,7 @@ def build_views(
         return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
     if rng is None:  # the content hash is only needed where there are crops to place
         rng = eval_rng(content_id(data), seed, draw)
-    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
+    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid, spec.align)
     crops = cut_crops(dec.pixels, boxes, spec.patch)
     return Views(g, crops, boxes, (h, w))
 
@@ -408,6 +409,6 @@ def _degraded_views(data: bytes, spec: ViewSpec, rng: np.random.Generator | None
         return Views(g, np.zeros((0, 3, spec.patch, spec.patch), np.uint8), [], (h, w))
     if rng is None:
         rng = eval_rng(cid or content_id(data), seed, draw)
-    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid)
+    boxes = sample_boxes(h, w, spec.k, rng, spec.mode, spec.patch, spec.max_grid, spec.align)
     crops = cut_crops(pixels, boxes, spec.patch)
     return Views(g, crops, boxes, (h, w))

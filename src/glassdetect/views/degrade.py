@@ -26,9 +26,10 @@ probability that it is applied; default 1, never a range).
                                            short side max(1, floor(short·N/long + 0.5))); identity when
                                            the image is already that small
 ``noise:sigma=3``                          additive Gaussian noise (grey levels), rounded and clipped
-``window:side=1024-1536``                  a random square crop of side ``side`` (clamped to each image
-                                           side), at a uniform position: a fresh training window of a
-                                           large image every time (put it first, before the views)
+``window:side=1024-1536[,align=12]``       a random square crop of side ``side`` (clamped to each image
+                                           side), at a uniform position (top and left multiples of
+                                           ``align``, default 1): a fresh training window of a large
+                                           image every time (put it first, before the views)
 ``social``                                 a social-media upload: long side > 2048 → downscaled to 2048,
                                            otherwise with probability 0.5 scaled by f ~ U[0.5, 1];
                                            then JPEG q ~ U{70..90} (4:2:0)
@@ -111,7 +112,7 @@ KINDS: dict[str, dict[str, _Param]] = {
                "kernel": _Param("choice", "bicubic", choices=_RESIZE_KERNELS)},
     "noise": {"sigma": _Param("float", None, 0, 255)},
     "social": {},
-    "window": {"side": _Param("int", None, 1, 1_000_000)},
+    "window": {"side": _Param("int", None, 1, 1_000_000), "align": _Param("int", 1, 1, 4096)},
 }
 _REQUIRED = {"jpeg": ("q",), "webp": ("q",), "blur": ("sigma",), "noise": ("sigma",), "window": ("side",)}
 

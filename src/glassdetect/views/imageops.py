@@ -165,12 +165,17 @@ def _noise(img: np.ndarray, prm: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def _window(img: np.ndarray, prm: dict, rng: np.random.Generator) -> np.ndarray:
-    """A random square window of side ``side`` (clamped to each image side), uniform position."""
+    """A random square window of side ``side`` (clamped to each image side), uniform position; its
+    top and left multiples of ``align`` (an upscaler's pattern keeps its phase in the window)."""
     h, w = img.shape[:2]
-    side = int(prm["side"])
+    side, align = int(prm["side"]), int(prm.get("align", 1))
     wh, ww = min(side, h), min(side, w)
-    top = int(rng.integers(0, h - wh + 1))
-    left = int(rng.integers(0, w - ww + 1))
+    if align == 1:  # the draws of a spec without align, unchanged
+        top = int(rng.integers(0, h - wh + 1))
+        left = int(rng.integers(0, w - ww + 1))
+    else:
+        top = int(rng.integers(0, (h - wh) // align + 1)) * align
+        left = int(rng.integers(0, (w - ww) // align + 1)) * align
     return img[top : top + wh, left : left + ww]
 
 
