@@ -6,19 +6,20 @@ from dataclasses import fields
 
 import torch
 
-from glassdetect.runtime import resolve_threads
+from glassdetect.runtime import cpu_has_bf16, resolve_threads
 from glassdetect.training.config import Recipe, fast_recipe
 from glassdetect.training.train import TrainConfig, train, training_threads
 
 from synth import make_checker_tree
 
-RUNTIME = {"threads", "workers", "device"}
+RUNTIME = {"threads", "workers", "device", "cpu_amp"}
 
 
 def test_fast_recipe_keeps_the_model_data_and_optimisation():
     ref, fast = Recipe(), fast_recipe(device="cpu")
     differ = {f.name for f in fields(Recipe) if getattr(ref, f.name) != getattr(fast, f.name)}
     assert differ <= RUNTIME and fast.threads == -1 and fast.workers == 1
+    assert fast.cpu_amp == cpu_has_bf16() and not Recipe().cpu_amp  # bf16 steps only where the CPU has bf16 units
     assert fast_recipe(device="cpu", k=8).k == 8  # overrides win
 
 

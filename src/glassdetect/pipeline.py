@@ -300,8 +300,10 @@ def run_model(model: nn.Module, global_view: torch.Tensor, crops: torch.Tensor |
     return Outputs(logits, weights)
 
 
-def forward(model: nn.Module, batch: dict, device: torch.device, amp: bool = True, crop_scores: bool = False) -> Outputs:
-    """The model on a :func:`collate` batch: moved to ``device``, mixed precision on CUDA when ``amp``.
+def forward(model: nn.Module, batch: dict, device: torch.device, amp: bool = True, crop_scores: bool = False,
+            cpu_amp: bool = False) -> Outputs:
+    """The model on a :func:`collate` batch: moved to ``device``, mixed precision on CUDA when ``amp``
+    (and bf16 autocast on a CPU when ``cpu_amp``: :func:`glassdetect.runtime.autocast`).
 
     Gradients flow unless the caller runs it under ``torch.inference_mode()`` (evaluation does,
     training does not).
@@ -310,7 +312,7 @@ def forward(model: nn.Module, batch: dict, device: torch.device, amp: bool = Tru
     c = batch["crops"].to(device, non_blocking=True)
     m = batch.get("crop_mask")
     m = None if m is None else m.to(device, non_blocking=True)
-    with autocast(device, amp):
+    with autocast(device, amp, cpu=cpu_amp):
         return run_model(model, g, c, m, crop_scores)
 
 

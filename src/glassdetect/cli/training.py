@@ -121,6 +121,8 @@ def train(
                                  "every logical CPU: training is compute-bound, see docs/performance.md)."),
     device: str = _train_option("device", "auto, cpu, cuda, cuda:1 ..."),
     amp: bool = _train_option("amp", "Mixed precision on CUDA."),
+    cpu_amp: bool = typer.Option(False, "--cpu-amp", help="bf16 autocast for the training steps on a CPU: about a third "
+                                 "less memory, about fp32's speed where the CPU has bf16 units (validation stays fp32)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last with identical state."),
     config: Optional[Path] = typer.Option(None, help="JSON file of training options (command-line values win when given)."),
     quiet: bool = _train_option("quiet"),
@@ -142,7 +144,7 @@ def train(
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
         max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
-        resume=resume, sync_bn=sync_bn,
+        cpu_amp=cpu_amp, resume=resume, sync_bn=sync_bn,
     )
     if config is not None:
         _merge_config_file(ctx, opts, config)

@@ -103,7 +103,7 @@ def demo_config(bench_version: int = 3, **overrides) -> DemoConfig:
     if given.get("augment") == "select":  # choose among the candidates on validation
         given["augment"] = None
     fast = fast_recipe(device=given.get("device", "auto"))
-    runtime = {"threads": fast.threads, "workers": fast.workers}
+    runtime = {"threads": fast.threads, "workers": fast.workers, "cpu_amp": fast.cpu_amp}
     return DemoConfig(bench_version=bench_version, **{**runtime, **VERSION_DEFAULTS[bench_version], **given})
 
 

@@ -56,6 +56,10 @@ class TrainConfig:
     threads: int = 0  # torch threads: 0 = one per physical core, -1 = every logical CPU, N = N
     device: str = "auto"
     amp: bool = True
+    # bf16 autocast for the training steps on a CPU (validation and evaluation stay fp32): the
+    # activations kept for backward take half the bytes (GLASS on EfficientNet-Lite0, batch 8, K 4:
+    # 4.2 -> 2.7 GB peak) at about fp32's speed on a CPU with bf16 units (avx512_bf16 / AMX)
+    cpu_amp: bool = False
     progress: bool = True
     resume: bool = False
     sync_bn: bool = False  # DistributedDataParallel only: BatchNorm statistics over the global batch
@@ -103,6 +107,7 @@ class Recipe:
     freeze: int = 2
     crop_loss: float = 0.0  # GLASS's optional per-crop loss (TrainConfig.crop_loss); 0 = the paper's model
     local_input: str = "rgb"  # GLASS's crops as the local backbone sees them (TrainConfig.local_input); rgb = the paper
+    cpu_amp: bool = False  # bf16 autocast for CPU training steps (TrainConfig.cpu_amp)
     crop_align: int = 1  # GLASS's crop offsets on multiples of this (TrainConfig.crop_align); 1 = the paper
     workers: int = 1
     threads: int = 0
@@ -121,12 +126,17 @@ def fast_recipe(**overrides) -> Recipe:
     recipe's ``threads=0`` gives one per physical core, one of two vCPUs here) while one DataLoader
     worker decodes and cuts the next batch's views (the step waits 0.2-0.3 % of its time for it); with
     CUDA (``device`` auto or cuda and a GPU present) the CPUs go to decoding instead: one worker per
-    CPU, at most 8. ``overrides``: any other :class:`Recipe` field."""
+    CPU, at most 8. On a CPU with bf16 units the training steps run under bf16 autocast
+    (``cpu_amp``: a third less memory at fp32's speed; validation stays fp32). ``overrides``: any
+    other :class:`Recipe` field."""
     import os
 
     import torch
 
+    from ..runtime import cpu_has_bf16
+
     device = overrides.get("device", "auto")
     gpu = device != "cpu" and torch.cuda.is_available()
-    runtime = {"threads": 0, "workers": min(8, os.cpu_count() or 1)} if gpu else {"threads": -1, "workers": 1}
+    runtime = ({"threads": 0, "workers": min(8, os.cpu_count() or 1)} if gpu
+               else {"threads": -1, "workers": 1, "cpu_amp": cpu_has_bf16()})
     return Recipe(**{**runtime, **overrides})

@@ -316,7 +316,7 @@ def _forward_loss(run: _Run, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor
     each crop's own logits (:meth:`~glassdetect.models.glass.GLASS.crop_scores`: the shared head on
     [g; f_i]) against the image's label: every crop of a fake is fake, every crop of a real is real."""
     cfg = run.cfg
-    out = forward(run.net, batch, run.device, cfg.amp, crop_scores=cfg.crop_loss > 0)
+    out = forward(run.net, batch, run.device, cfg.amp, crop_scores=cfg.crop_loss > 0, cpu_amp=cfg.cpu_amp)
     loss = nn.functional.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
     if cfg.crop_loss > 0:
         loss = loss + cfg.crop_loss * crop_loss(out.crop_logits, y, cfg.label_smoothing)
