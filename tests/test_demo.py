@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from glassdetect.runtime import cpu_has_bf16
 from glassdetect.studies import offline_bench as ob
 from glassdetect.views.degrade import parse
 from glassdetect.studies.demo import DemoConfig, demo_config, run_demo
@@ -104,8 +105,10 @@ def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_pat
 
 def test_demo_config_per_benchmark_version() -> None:
     v3 = demo_config(3, device="cpu")
-    assert (v3.bench_version, v3.size, v3.epochs, v3.freeze, v3.local_input, v3.augment) == (3, "pilot", 5, 0, "residual", "standard")
+    assert (v3.bench_version, v3.size, v3.epochs, v3.freeze, v3.local_input, v3.augment) == (3, "pilot", 5, 0, "residual", "none")
     assert (v3.threads, v3.workers) == (-1, 1)  # fast_recipe's CPU runtime: every logical CPU + one decode worker
+    assert v3.cpu_amp == cpu_has_bf16()  # bf16 training steps where the CPU has bf16 units
+    assert v3.train_config("glass", 0, Path("m.csv"), v3.augment).augment == v3.window  # the fresh window only
     v2 = demo_config(2, device="cpu", epochs=3, augment="select")
     assert (v2.size, v2.epochs, v2.freeze, v2.local_input, v2.augment) == ("small", 3, 2, "rgb", None)
     assert v2.train_config("glass", 0, Path("m.csv"), "mild").augment == "mild"  # no window on version 2

@@ -99,11 +99,12 @@ def demo(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count (4)."),
     freeze: Optional[int] = typer.Option(None, help="Override the leading parameter groups kept frozen (3: 0, 2: 2)."),
     local_input: Optional[str] = typer.Option(None, "--local-input", help="Override GLASS's local input: rgb (the paper) or residual (version 3's default)."),
-    augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec), or 'select' to choose it on the validation split among --augment-candidates; default: version 3 standard, version 2 select."),
+    augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec), or 'select' to choose it on the validation split among --augment-candidates; default: version 3 none (the fresh training window only), version 2 select."),
     augment_candidates: str = typer.Option("mild,standard", help="Comma-separated augmentation presets to choose from on validation."),
     sweep: str = typer.Option("demo", help="Robustness sweep on the test split (preset or ';'-separated specs)."),
     workers: Optional[int] = typer.Option(None, help="DataLoader decode workers (default: 1 on the CPU, one per CPU beside a GPU)."),
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: every logical CPU on the CPU; -1 all, 0 one per physical core)."),
+    cpu_amp: Optional[bool] = typer.Option(None, "--cpu-amp/--no-cpu-amp", help="bf16 autocast for the CPU training steps (default: version 3 on where the CPU has bf16 units; version 2 off)."),
     device: str = typer.Option("auto"),
 ) -> None:
     """The offline demo: GLASS vs the resize-only baseline, pretrained EfficientNet-Lite0, several seeds,
@@ -111,7 +112,7 @@ def demo(
     from ..studies.demo import demo_config, run_demo
 
     given = dict(bench=str(bench) if bench else None, size=size, workers=workers, threads=threads, augment=augment, epochs=epochs, k=k, freeze=freeze,
-                 local_input=local_input, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
+                 local_input=local_input, cpu_amp=cpu_amp, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
     cfg = demo_config(bench_version, out=str(out), seeds=tuple(int(s) for s in seeds.split(",")), device=device,
                       sweep=sweep, augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()),
                       **{key: value for key, value in given.items() if value is not None})
