@@ -42,7 +42,16 @@ CONFIGS: dict[str, dict] = {
     "residual-unfrozen-lr3x": {"local_input": "residual", "freeze": 0, "lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
     "lr3x": {"lr_global": 3e-4, "lr_local": 3e-4, "lr_head": 3e-3},
     "no-augment": {"augment": WINDOW},
+    "residual-unfrozen-noaug": {"local_input": "residual", "freeze": 0, "augment": WINDOW},
+    "residual-unfrozen-mild": {"local_input": "residual", "freeze": 0, "augment": f"{WINDOW}+mild"},
+    "residual-unfrozen-noaug-bf16": {"local_input": "residual", "freeze": 0, "augment": WINDOW, "cpu_amp": True},
+    "residual-unfrozen-jpeg": {"local_input": "residual", "freeze": 0, "augment": f"{WINDOW}+jpeg:q=50-100,p=0.5"},
     "k8": {"k": 8},
+    # crops and training windows on multiples of 12: every crop at the same phase of the upscaler's pattern
+    "residual-unfrozen-align12": {"local_input": "residual", "freeze": 0, "crop_align": 12,
+                                  "augment": "window:side=1024-1536,align=12+standard"},
+    "residual-unfrozen-align12-noaug": {"local_input": "residual", "freeze": 0, "crop_align": 12,
+                                        "augment": "window:side=1024-1536,align=12"},
 }
 
 
