@@ -136,6 +136,31 @@ def test_cpu_graphs_equal_the_eager_backbones_and_follow_the_weights(backbone, a
     assert torch.jit.onednn_fusion_enabled() == fusion_before
 
 
+def test_eager_backbones_builds_no_graph_and_gives_the_same_outputs():
+    """Training's validation passes run eagerly (weights change every epoch: a frozen graph per pass
+    would be kept by TorchScript for the life of the process)."""
+    from glassdetect.models.common import CpuGraphs, eager_backbones
+
+    model = create_model(ModelConfig(arch="glass", backbone="test_resnet", k=3)).eval()
+    g, c = _views(3, 3)
+    with torch.inference_mode(), eager_backbones(model):
+        inside = model(g, c)
+        assert model.cpu_graphs is None
+    assert isinstance(model.cpu_graphs, CpuGraphs) and _backbone_graph_count(model) == 0
+    with torch.inference_mode():
+        graphs = model(g, c)
+    assert _backbone_graph_count(model) == 2  # without the block the same call builds graphs
+    for a, b in zip(inside, graphs):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode(), eager_backbones(model):  # built graphs are dropped, not kept for later
+        model(g, c)
+    assert _backbone_graph_count(model) == 0
+    model.cpu_graphs = None
+    with eager_backbones(model):  # a model already eager stays so
+        pass
+    assert model.cpu_graphs is None
+
+
 def test_cpu_graphs_skip_transformers_training_and_tracing():
     vit = create_model(ModelConfig(arch="glass", backbone="test_vit", k=2)).eval()
     resnet = create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2))

@@ -97,6 +97,31 @@ def test_per_generator_metrics_from_manifest(checker_data, tmp_path):
     assert res["per_generator"]["genA"]["n_fake"] == 4
 
 
+def test_evaluate_reuses_the_last_checkpoints_model_until_its_files_change(checker_data, tmp_path, monkeypatch):
+    """A sweep evaluates one checkpoint at many points: one load (its CPU graphs built once); a rewritten
+    config (calibration) or another checkpoint loads afresh."""
+    import glassdetect.evaluation.evaluate as ev
+
+    train(TrainConfig(data=str(checker_data), out=str(tmp_path / "run"), arch="standard", backbone="test_resnet",
+                      epochs=1, batch_size=16, **FAST))
+    loads = []
+    real_load = ev.load_checkpoint
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    kw = dict(workers=0, device="cpu", progress=False)
+    clean = evaluate(tmp_path / "run/best", checker_data, **kw)
+    jpeg = evaluate(tmp_path / "run/best", checker_data, degrade="jpeg:q=75", **kw)
+    again = evaluate(tmp_path / "run/best", checker_data, **kw)
+    assert len(loads) == 1 and again["auc"] == clean["auc"] and jpeg["degrade"] == "jpeg:q=75"
+    cfg = tmp_path / "run/best/config.json"
+    meta = json.loads(cfg.read_text())
+    meta["model"]["threshold"] = 0.9  # what calibration does to a checkpoint
+    cfg.write_text(json.dumps(meta, indent=2))
+    moved = evaluate(tmp_path / "run/best", checker_data, **kw)
+    assert len(loads) == 2 and moved["threshold"] == 0.9
+    evaluate(tmp_path / "run/last", checker_data, **kw)
+    assert len(loads) == 3
+
+
 def test_training_skips_bad_images_and_never_touches_user_files(tiny_tree, bad_images_dir, tmp_path):
     """Bad files inside the training data are reported with path and reason, skipped and
     counted; the run completes and every user file is byte-identical afterwards."""

@@ -49,6 +49,31 @@ def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> 
     return chosen, split
 
 
+_LAST: dict[tuple, tuple] = {}  # the checkpoint evaluate loaded last: {key: (model, meta)}
+
+
+def _files_stamp(checkpoint: Path) -> tuple:
+    """Name, size and modification time of every file of a checkpoint, and the bytes of its (small)
+    JSON files: a config rewritten within the file system's time resolution still counts as new."""
+    files = sorted(checkpoint.iterdir()) if checkpoint.is_dir() else [checkpoint]
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns, f.read_bytes() if f.suffix == ".json" else b"")
+                 for f in files if f.is_file())
+
+
+def _load(checkpoint: Path, dev) -> tuple:
+    """:func:`load_checkpoint`, reusing the previous call's model when the same checkpoint (path, every
+    file's size and modification time, the config's bytes: a calibration rewrites it) is evaluated again on
+    the same device. A robustness sweep evaluates one checkpoint at many points, and each fresh model
+    builds its CPU graphs anew, which costs their warm-up and ~30 MB per frozen graph that TorchScript
+    never gives back (``models.common.CpuGraphs``). One model is kept."""
+    key = (str(checkpoint.resolve()), str(dev), _files_stamp(checkpoint))
+    hit = _LAST.get(key)
+    if hit is None:
+        _LAST.clear()
+        hit = _LAST[key] = load_checkpoint(checkpoint, dev)
+    return hit
+
+
 @restores_threads  # ``threads`` applies to this call; the caller's torch thread count comes back
 def evaluate(
     checkpoint: str | Path,
@@ -72,7 +97,7 @@ def evaluate(
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     configure_threads(threads)
-    model, meta = load_checkpoint(checkpoint, dev)
+    model, meta = _load(checkpoint, dev)
     cfg = model.cfg
     samples, split = select_split(load_samples(data, cfg.class_names), checkpoint, split)
     draws = max(1, draws) if cfg.arch == "glass" else 1  # the baseline has no random crops

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import distributed as ddp
 from ..data.splits import Sample, assign_splits, carve_val, check_no_leak, load_samples, read_split, write_split
+from ..models.common import eager_backbones
 from ..models.decision import fake_probability
 from ..evaluation.metrics import binary_metrics
 from ..pipeline import ViewDataset, infer, make_loader
@@ -64,7 +65,8 @@ def evaluate_loss(model: nn.Module, loader, shard: list[int], val_s: list[Sample
     """Validation metrics (deterministic crops) plus the mean loss. Each rank infers its shard
     (``shard[i]`` is the global index of its i-th image; a single process holds every image);
     predictions are gathered and every rank computes the same metrics over the whole set."""
-    preds = infer(model, loader, device, amp)
+    with eager_backbones(model):  # the weights change every epoch: a graph per pass would be built and kept
+        preds = infer(model, loader, device, amp)
     parts = ddp.all_gather_object(([shard[i] for i in preds.index], preds.logits, preds.errors))
     idx = np.array([i for p in parts for i in p[0]], dtype=np.int64)
     n_cls = preds.logits.shape[1]
