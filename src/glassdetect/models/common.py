@@ -124,7 +124,9 @@ class CpuGraphs:
     under ``torch.inference_mode()``, not while the model itself is being traced or compiled or a
     dispatch mode (FLOP counting, fake tensors) is active, and for convolutional backbones (no
     attention blocks). It is built on first use from the backbone's current weights and rebuilt
-    when any of them changes (training between validation passes, a loaded state dict), one per
+    when any of them changes (a loaded state dict; training's validation passes run eagerly instead,
+    :func:`eager_backbones`, because TorchScript keeps about the size of the weights of every graph
+    it froze for the life of the process), one per
     view shape and layout, and warmed up on zeros for every new batch size before its first real
     call, so outputs are bit-for-bit repeatable; they equal the eager backbone's up to float
     rounding (tested to 1e-4). A graph holds its own copy of the backbone's weights. oneDNN fusion is a process-wide
