@@ -355,7 +355,7 @@ def _group_tables(results: dict, archs: list[str]) -> list[str]:
     """AUC and real accuracy per value of each grouping column, for every model and the reference."""
     ref = (results.get("reference") or {}).get("per_group") or {}
     lines: list[str] = []
-    for col in ("family_seen", "family", "history", "package"):
+    for col in _GROUP_TITLES:  # the report's order
         values = sorted(results[archs[0]]["clean"].get(f"per_{col}") or {})
         if not values:
             continue

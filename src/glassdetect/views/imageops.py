@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .pilguard import identify
+from .sampling import aligned_offset
 
 try:  # libjpeg-turbo straight to numpy (same pixels as Pillow's decoder, faster); optional
     import simplejpeg
@@ -170,12 +171,7 @@ def _window(img: np.ndarray, prm: dict, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     side, align = int(prm["side"]), int(prm.get("align", 1))
     wh, ww = min(side, h), min(side, w)
-    if align == 1:  # the draws of a spec without align, unchanged
-        top = int(rng.integers(0, h - wh + 1))
-        left = int(rng.integers(0, w - ww + 1))
-    else:
-        top = int(rng.integers(0, (h - wh) // align + 1)) * align
-        left = int(rng.integers(0, (w - ww) // align + 1)) * align
+    top, left = aligned_offset(rng, 0, h - wh, align), aligned_offset(rng, 0, w - ww, align)
     return img[top : top + wh, left : left + ww]
 
 
