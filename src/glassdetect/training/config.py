@@ -58,7 +58,7 @@ class TrainConfig:
     amp: bool = True
     # bf16 autocast for the training steps on a CPU (validation and evaluation stay fp32): the
     # activations kept for backward take half the bytes (GLASS on EfficientNet-Lite0, batch 8, K 4:
-    # 4.2 -> 2.7 GB peak) at about fp32's speed on a CPU with bf16 units (avx512_bf16 / AMX)
+    # 4.25 -> 2.78 GB peak, benchmarks/memory/bf16_step.py) at about fp32's speed on a CPU with bf16 units (avx512_bf16 / AMX)
     cpu_amp: bool = False
     progress: bool = True
     resume: bool = False
