@@ -41,8 +41,6 @@ for i in range(8):
             with eager_backbones(model):
                 model(g, c)
         elif mode == "trace":
-            x = model.prep(g)
-            del x
             torch.jit.trace(model.global_backbone, model.prep(g[:1]), check_trace=False)
         else:
             raise SystemExit(f"unknown mode {mode!r}: graphs, eager or trace")
