@@ -122,6 +122,38 @@ def test_evaluate_reuses_the_last_checkpoints_model_until_its_files_change(check
     assert len(loads) == 3
 
 
+def test_calibrate_then_evaluate_loads_the_checkpoint_once(checker_data, tmp_path, monkeypatch):
+    """The demo calibrates each checkpoint and then evaluates it: one load (one set of CPU graphs),
+    and the evaluation sees the fitted temperature and threshold exactly as a fresh load would."""
+    import glassdetect.evaluation.evaluate as ev
+    import glassdetect.models as models
+    from glassdetect.evaluation.calibrate import calibrate
+
+    train(TrainConfig(data=str(checker_data), out=str(tmp_path / "run"), arch="glass", backbone="test_resnet",
+                      k=2, patch=64, epochs=1, batch_size=16, **FAST))
+    loads = []
+    real_load = ev.load_checkpoint
+    counting = lambda *a, **k: loads.append(a[0]) or real_load(*a, **k)  # noqa: E731
+    monkeypatch.setattr(ev, "load_checkpoint", counting)
+    monkeypatch.setattr(models, "load_checkpoint", counting)  # any other way in counts too
+    kw = dict(workers=0, device="cpu", progress=False)
+    report = calibrate(tmp_path / "run/best", checker_data, "val", target_fpr=0.1, **kw)
+    shared = evaluate(tmp_path / "run/best", checker_data, **kw)
+    assert len(loads) == 1
+    assert shared["threshold"] == report["threshold"] and report["temperature_after"] != 1.0
+    ev._LAST.clear()
+    fresh = evaluate(tmp_path / "run/best", checker_data, **kw)
+    assert len(loads) == 2
+    for key in ("auc", "accuracy", "threshold", "ece", "nll"):
+        assert shared[key] == pytest.approx(fresh[key], abs=1e-6), key
+    cfg = tmp_path / "run/best/config.json"  # a change beyond the decision fields: the cache lets go
+    meta = json.loads(cfg.read_text())
+    meta["model"]["k"] = 3
+    cfg.write_text(json.dumps(meta, indent=2))
+    ev.refresh_cached(tmp_path / "run/best")
+    assert not ev._LAST
+
+
 def test_training_skips_bad_images_and_never_touches_user_files(tiny_tree, bad_images_dir, tmp_path):
     """Bad files inside the training data are reported with path and reason, skipped and
     counted; the run completes and every user file is byte-identical afterwards."""

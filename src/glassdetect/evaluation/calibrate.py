@@ -109,6 +109,7 @@ def calibrate(
     """
     from ..models.decision import parse_band
     from ..models import ModelConfig, read_config
+    from .evaluate import refresh_cached
 
     checkpoint = Path(checkpoint)
     meta = read_config(checkpoint)
@@ -148,6 +149,7 @@ def calibrate(
                   temperature_after=changes.get("temperature", cfg.temperature), written=not dry_run)
     if not dry_run:
         update_checkpoint_config(checkpoint, changes, extra)
+        refresh_cached(checkpoint)  # an evaluation that follows reuses the model (and its CPU graphs)
     return report
 
 
@@ -155,21 +157,23 @@ def _fit_on_data(checkpoint: Path, data, split, batch_size, workers, device, thr
     from tqdm import tqdm
 
     from ..data.splits import load_samples
-    from .evaluate import select_split
+    from .evaluate import load_cached, select_split
     from .metrics import expected_calibration_error
-    from ..models import load_checkpoint
     from ..pipeline import ViewDataset, infer, make_loader
     from ..runtime import resolve_device, torch_threads
 
     dev = resolve_device(device)
-    model, _ = load_checkpoint(checkpoint, dev)
+    model, _ = load_cached(checkpoint, dev)  # shared with evaluate: its graphs are built once
     t_before = float(model.cfg.temperature)
     samples, split = select_split(load_samples(data, model.cfg.class_names), checkpoint, split)
-    model.cfg.temperature = 1.0  # raw logits
     bar = tqdm(total=len(samples), desc="calibrate", unit="img", disable=not progress, leave=False)
-    with torch_threads(threads):  # for this call only: the caller's thread count comes back
-        preds = infer(model, make_loader(ViewDataset(samples, model.cfg.view_spec(), seed=seed), batch_size, workers,
-                                         device=dev), dev, progress=bar.update)
+    model.cfg.temperature = 1.0  # raw logits
+    try:
+        with torch_threads(threads):  # for this call only: the caller's thread count comes back
+            preds = infer(model, make_loader(ViewDataset(samples, model.cfg.view_spec(), seed=seed), batch_size,
+                                             workers, device=dev), dev, progress=bar.update)
+    finally:
+        model.cfg.temperature = t_before  # the cached model stays the checkpoint's
     bar.close()
     labels = np.array([samples[i].label for i in preds.index], dtype=int)
     if len(labels) < 2 or len(set(labels.tolist())) < 2:

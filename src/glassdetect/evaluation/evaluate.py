@@ -49,7 +49,9 @@ def select_split(samples: list[Sample], checkpoint: Path, split: str | None) -> 
     return chosen, split
 
 
-_LAST: dict[tuple, tuple] = {}  # the checkpoint evaluate loaded last: {key: (model, meta)}
+_LAST: dict[tuple, tuple] = {}  # the checkpoint loaded last by evaluate or calibrate: {key: (model, meta)}
+# ModelConfig fields a calibration rewrites: they change what a model's output is called, not the output
+DECISION_FIELDS = ("temperature", "threshold", "unsure_band")
 
 
 def _files_stamp(checkpoint: Path) -> tuple:
@@ -60,18 +62,39 @@ def _files_stamp(checkpoint: Path) -> tuple:
                  for f in files if f.is_file())
 
 
-def _load(checkpoint: Path, dev) -> tuple:
+def load_cached(checkpoint: Path, dev) -> tuple:
     """:func:`load_checkpoint`, reusing the previous call's model when the same checkpoint (path, every
-    file's size and modification time, the config's bytes: a calibration rewrites it) is evaluated again on
-    the same device. A robustness sweep evaluates one checkpoint at many points, and each fresh model
-    builds its CPU graphs anew, which costs their warm-up and ~30 MB per frozen graph that TorchScript
-    never gives back (``models.common.CpuGraphs``). One model is kept."""
+    file's size and modification time, the config's bytes) is loaded again on the same device. A
+    robustness sweep evaluates one checkpoint at many points, and each fresh model builds its CPU
+    graphs anew, which costs their warm-up and ~70 MB per GLASS-Lite0 rebuild that TorchScript never
+    gives back (``models.common.CpuGraphs``; benchmarks/memory/graph_leak.py). One model is kept."""
     key = (str(checkpoint.resolve()), str(dev), _files_stamp(checkpoint))
     hit = _LAST.get(key)
     if hit is None:
         _LAST.clear()
         hit = _LAST[key] = load_checkpoint(checkpoint, dev)
     return hit
+
+
+def refresh_cached(checkpoint: Path) -> None:
+    """After ``checkpoint``'s config was rewritten, keep its cached model (:func:`load_cached`) if only
+    decision fields changed (:data:`DECISION_FIELDS`, what ``calibrate`` writes): apply the new values
+    and file it under the new files; drop it if anything else changed. A calibration followed by
+    the test evaluation then builds one model and one set of graphs, not two."""
+    from ..models import ModelConfig, read_config
+
+    path = str(checkpoint.resolve())
+    for key, (model, _) in list(_LAST.items()):
+        if key[0] != path:
+            continue
+        _LAST.clear()
+        meta = read_config(checkpoint)
+        new = ModelConfig.from_dict(meta["model"])
+        same = {f: getattr(model.cfg, f) for f in DECISION_FIELDS}
+        if replace(new, **same) == model.cfg:
+            for f in DECISION_FIELDS:
+                setattr(model.cfg, f, getattr(new, f))
+            _LAST[(path, key[1], _files_stamp(checkpoint))] = (model, meta)
 
 
 @restores_threads  # ``threads`` applies to this call; the caller's torch thread count comes back
@@ -97,7 +120,7 @@ def evaluate(
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     configure_threads(threads)
-    model, meta = _load(checkpoint, dev)
+    model, meta = load_cached(checkpoint, dev)
     cfg = model.cfg
     samples, split = select_split(load_samples(data, cfg.class_names), checkpoint, split)
     draws = max(1, draws) if cfg.arch == "glass" else 1  # the baseline has no random crops
