@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from glassdetect.models import GLASS, ModelConfig, create_model, load_checkpoint, save_checkpoint
-from glassdetect.models.common import RESIDUAL_CLIP, RESIDUAL_SCALE, Preprocess, ResidualPreprocess
+from glassdetect.models.common import (HESSIAN_SCALE, LUMA_WEIGHTS, RESIDUAL_CLIP, RESIDUAL_SCALE, HessianPreprocess,
+                                      Preprocess, ResidualPreprocess, luma_hessian)
 from glassdetect.models.factory import CONFIG_NAME
 
 
@@ -16,9 +17,9 @@ def _views(b: int, k: int, size: int = 64, seed: int = 0):
             torch.randint(0, 256, (b, k, 3, size, size), dtype=torch.uint8, generator=g))
 
 
-def _residual_model(shared: bool = False, k: int = 3, **kw) -> GLASS:
+def _residual_model(shared: bool = False, k: int = 3, local_input_override: str = "residual", **kw) -> GLASS:
     cfg = ModelConfig(arch="glass", backbone="test_resnet", k=k, patch=64, global_size=64, shared_backbone=shared,
-                      local_input="residual", **kw)
+                      local_input=local_input_override, **kw)
     return create_model(cfg).eval()
 
 
@@ -139,3 +140,70 @@ def test_tiny_training_run_with_residual_crops(tmp_path):
                                    "--backbone", "test_resnet", "--no-pretrained", "--workers", "0", "--quiet"])
     assert bad.exit_code == 2 and "local_input" in bad.output
     assert not (tmp_path / "x" / "best").exists()
+
+
+# ---- local_input = "hessian": the three second differences of luma ----
+
+def _lumas(y: torch.Tensor) -> torch.Tensor:
+    """(H, W) float luma -> a grey (1, 3, H, W) image with that luma."""
+    return y.expand(1, 3, *y.shape).clone()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_hessian_shape_dtype_layout(channels_last):
+    x = torch.randint(0, 256, (5, 3, 40, 31), dtype=torch.uint8)
+    r = HessianPreprocess(channels_last)(x)
+    assert r.shape == x.shape and r.dtype == torch.float32
+    assert r.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert (r[..., 0, :] == 0).all() and (r[..., :, -1] == 0).all()  # the undefined border is 0
+    assert r.abs().max() <= RESIDUAL_CLIP
+
+
+def test_hessian_keeps_the_directions_apart():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    prep = HessianPreprocess(False)
+    assert prep(_lumas(40 + 1.5 * yy + 2.0 * xx)).abs().max() < 1e-4  # linear: zero in all three (float luma)
+    a = 2.0
+    for pattern, want in (((-1.0) ** yy, (0, 4, 0)), ((-1.0) ** xx, (4, 0, 0)), ((-1.0) ** (yy + xx), (4, 4, 4))):
+        r = prep(_lumas(128 + a * pattern))[0, :, 1:-1, 1:-1]
+        for ch, gain in enumerate(want):
+            assert torch.allclose(r[ch].abs(), torch.full_like(r[ch], a * gain * HESSIAN_SCALE)), (pattern, ch)
+
+
+def test_hessian_cross_difference_marks_the_phase_of_a_nearest_upsampling():
+    """Nearest ×2: the cross difference is non-zero only where the 2×2 it spans crosses a block corner,
+    one phase of four; the Laplacian's mirror-symmetric residual spreads over the phases."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.randint(0, 256, (16, 16), generator=g).float()
+    up = small.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    dxy = luma_hessian(_lumas(up))[0, 2]  # at (i, j): pixels (i..i+1, j..j+1) of ``up``
+    odd = torch.zeros_like(dxy, dtype=torch.bool)
+    odd[1::2, 1::2] = True
+    assert (dxy[~odd] == 0).all() and (dxy[odd] != 0).float().mean() > 0.9
+
+
+def test_hessian_reads_luma_only():
+    """A colour change that leaves luma constant (a JPEG's chroma pattern, say) gives nothing."""
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    wave = 20.0 * (-1.0) ** (yy + xx)
+    x = torch.stack([120 + wave, 120 - wave * LUMA_WEIGHTS[0] / LUMA_WEIGHTS[1], torch.full_like(wave, 120.0)])[None]
+    assert luma_hessian(x).abs().max() < 1e-4
+    assert luma_hessian(x[:, [0, 0, 0]]).abs().max() > 10  # the same wave in every channel: seen
+
+
+def test_hessian_glass_graphs_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = _residual_model(local_input_override="hessian")
+    assert isinstance(model.local_prep, HessianPreprocess)
+    eager = _residual_model(local_input_override="hessian")
+    eager.load_state_dict(model.state_dict())
+    eager.cpu_graphs = None
+    g, c = _views(2, 3, seed=3)
+    with torch.inference_mode():
+        got = model(g, c)[0]
+        assert torch.allclose(got, eager(g, c)[0], atol=1e-4)
+    save_checkpoint(tmp_path / "h", model)
+    loaded, meta = load_checkpoint(tmp_path / "h")
+    assert meta["model"]["local_input"] == "hessian" and isinstance(loaded.local_prep, HessianPreprocess)
+    with torch.inference_mode():
+        assert torch.allclose(got, loaded(g, c)[0], atol=1e-5)

@@ -98,7 +98,7 @@ def demo(
     epochs: Optional[int] = typer.Option(None, help="Override the version's epochs (3: 5, 2: 7)."),
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count (4)."),
     freeze: Optional[int] = typer.Option(None, help="Override the leading parameter groups kept frozen (3: 0, 2: 2)."),
-    local_input: Optional[str] = typer.Option(None, "--local-input", help="Override GLASS's local input: rgb (the paper) or residual (version 3's default)."),
+    local_input: Optional[str] = typer.Option(None, "--local-input", help="Override GLASS's local input: rgb (the paper), residual (version 3's default) or hessian."),
     augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec), or 'select' to choose it on the validation split among --augment-candidates; default: version 3 none (the fresh training window only), version 2 select."),
     augment_candidates: str = typer.Option("mild,standard", help="Comma-separated augmentation presets to choose from on validation."),
     sweep: str = typer.Option("demo", help="Robustness sweep on the test split (preset or ';'-separated specs)."),

@@ -78,14 +78,61 @@ class ResidualPreprocess(nn.Module):
         return r
 
 
+# Luma weights of the Hessian view (ITU-R BT.601, as the training-free reference uses)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# Scale of the Hessian view: on 224 px crops of version-3 training reals (192 crops of 24 photos of
+# runs/bench-v3-pilot, sensor noise included) the three second differences of luma have a median
+# spread 0.38, 0.41 and 0.31 of the per-channel Laplacian's (18.1: luma averages the channels' noise,
+# and each is one term of the Laplacian or the 2×2 cross difference); 1/3 gives them about the
+# spread RESIDUAL_SCALE gives the Laplacian.
+HESSIAN_SCALE = 1.0 / 3.0
+
+
+def luma_hessian(x: torch.Tensor) -> torch.Tensor:
+    """The three second differences of the luma of (..., 3, H, W) float images, (..., 3, H - 2, W - 2):
+    ``d_xx`` (left + right - 2·centre), ``d_yy`` (up + down - 2·centre) and the 2×2 cross difference
+    ``d_xy`` (the pixel, its right, lower and lower-right neighbours; anchored at the centre's upper
+    left). The Laplacian is ``d_xx + d_yy``: it sums the two and, being mirror-symmetric, cannot tell
+    the phases of a plain interpolated ×2 upsampling apart, which ``d_xy`` separates at once (the
+    training-free reference's two residuals, evaluation.reference). Luma only: a JPEG's 4:2:0 chroma
+    writes a period-2 pattern into real photos that luma does not carry."""
+    w = x.new_tensor(LUMA_WEIGHTS).view(3, 1, 1)
+    y = (x * w).sum(-3)
+    c = y[..., 1:-1, 1:-1]
+    dxx = y[..., 1:-1, :-2] + y[..., 1:-1, 2:] - 2.0 * c
+    dyy = y[..., :-2, 1:-1] + y[..., 2:, 1:-1] - 2.0 * c
+    dxy = y[..., :-2, :-2] - y[..., 1:-1, :-2] - y[..., :-2, 1:-1] + c
+    return torch.stack([dxx, dyy, dxy], dim=-3)
+
+
+class HessianPreprocess(nn.Module):
+    """uint8 (or float in [0, 255]) views -> the scaled, clipped second differences of their luma
+    (:func:`luma_hessian`, 3 channels, same size: the one-pixel border is 0), in the backbone's memory
+    layout. A variant of :class:`ResidualPreprocess` that keeps the directions apart."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = luma_hessian(x.float()) * HESSIAN_SCALE
+        r = F.pad(r.clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP), (1, 1, 1, 1))
+        if self.channels_last:
+            r = r.contiguous(memory_format=torch.channels_last)
+        return r
+
+
 def local_preprocess(local_input: str, prep: Preprocess) -> nn.Module:
     """What the crops go through before the local backbone: ``prep`` itself for ``"rgb"`` (the paper),
-    a :class:`ResidualPreprocess` in the same memory layout for ``"residual"``."""
+    a :class:`ResidualPreprocess` in the same memory layout for ``"residual"``, a
+    :class:`HessianPreprocess` for ``"hessian"``."""
     if local_input == "rgb":
         return prep
     if local_input == "residual":
         return ResidualPreprocess(prep.channels_last)
-    raise ValueError(f"unknown local_input {local_input!r} (rgb or residual)")
+    if local_input == "hessian":
+        return HessianPreprocess(prep.channels_last)
+    raise ValueError(f"unknown local_input {local_input!r} (rgb, residual or hessian)")
 
 
 def _whole_batch_only() -> bool:

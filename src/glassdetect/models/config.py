@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..views.build import INTERPOLATIONS, ViewSpec
 
 ARCHS = ("glass", "standard")
-LOCAL_INPUTS = ("rgb", "residual")  # what the local backbone sees of each crop (models.common)
+LOCAL_INPUTS = ("rgb", "residual", "hessian")  # what the local backbone sees of each crop (models.common)
 
 
 @dataclass
