@@ -86,7 +86,8 @@ def train(
     k: int = _train_option("k", "Local crops per image."),
     sampling: str = _train_option("sampling", "Crop sampling: stratified, grid or random."),
     local_input: str = typer.Option("rgb", "--local-input", help="What the local backbone sees of each crop: rgb (the "
-                                    "paper) or residual (its Laplacian high-pass: the upsampling trace; docs/backbones.md)."),
+                                    "paper), residual (its Laplacian high-pass: the upsampling trace; docs/backbones.md) "
+                                    "or hessian (luma's three second differences d_xx, d_yy, d_xy as three channels)."),
     crop_align: int = typer.Option(1, "--crop-align", min=1, max=4096, help="Crop offsets on multiples of N (1 = the "
                                    "paper's uniform offsets; 12 = every crop at the same phase of a ×2/×3/×4 upscaler's "
                                    "pattern). Saved in the checkpoint: evaluation and prediction place crops the same way."),
@@ -107,6 +108,9 @@ def train(
     crop_loss: float = typer.Option(0.0, "--crop-loss", help="GLASS: weight W of an auxiliary loss, the mean "
                                     "cross-entropy of each crop's own logits (shared head on [g; f_i]) against the "
                                     "image's label, added to the image loss (0 = the paper's model)."),
+    ema: float = typer.Option(0.0, "--ema", min=0.0, max=0.9999, help="Decay per optimizer step of an exponential "
+                              "moving average of the weights, which validation then scores and the checkpoints hold "
+                              "(warmed up as min(D, (1+t)/(10+t)); 0 = off, the paper's recipe)."),
     classes: str = _train_option("classes", "Class folder names / labels, negative first."),
     split: str = _train_option("split", "train,val,test fractions for data without splits."),
     max_pixels: int = _train_option("max_pixels", "Refuse images larger than this many pixels."),
@@ -142,7 +146,7 @@ def train(
         interpolation=interpolation, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
-        max_pixels=max_pixels,
+        ema=ema, max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
         cpu_amp=cpu_amp, resume=resume, sync_bn=sync_bn,
     )

@@ -41,6 +41,9 @@ class TrainConfig:
     # GLASS only: weight of the mean per-crop cross-entropy (each crop's own logits through the shared
     # head, labelled with its image's class) added to the image loss; 0 = the paper's model
     crop_loss: float = 0.0
+    # Decay per optimizer step of an exponential moving average of the weights (training.ema), which is
+    # then what validation scores and the checkpoints hold; 0 = off (the paper's recipe)
+    ema: float = 0.0
     # data
     class_names: tuple[str, ...] = ("real", "fake")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)

@@ -3,8 +3,9 @@
 AdamW with parameter groups (global backbone / local backbone / attention + head for GLASS;
 backbone / head for the baseline), cosine annealing to ``min_lr``, label smoothing, mixed
 precision on CUDA (fp32 on CPU), gradient accumulation, and for GLASS an optional per-crop loss
-(``crop_loss``: each crop's own logits against its image's label, added to the image loss). The best epoch by validation accuracy
-is kept in ``OUT/best/``; ``OUT/last/`` is rewritten atomically every epoch with everything
+(``crop_loss``: each crop's own logits against its image's label, added to the image loss). With
+``ema`` > 0 an exponential moving average of the weights (:mod:`.ema`) is what is validated and
+saved. The best epoch by validation accuracy is kept in ``OUT/best/``; ``OUT/last/`` is rewritten atomically every epoch with everything
 ``--resume`` needs to continue exactly as an uninterrupted run would.
 
 The same function runs under ``torchrun --nproc_per_node N`` (DistributedDataParallel; NCCL on
@@ -41,6 +42,7 @@ from .data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss:
 )
 from ..runtime import configure_threads, release_memory, resolve_device, resolve_threads, torch_threads
 from .config import TrainConfig
+from .ema import WeightEMA
 from .params import crop_loss, freeze_leading, param_groups  # noqa: F401 - re-exported
 
 STATE_NAME = "trainer_state.pt"
@@ -98,6 +100,12 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     data: TrainData
+    ema: WeightEMA | None = None  # TrainConfig.ema > 0: the averaged weights, validated and saved
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model validation scores and the checkpoints hold: the weight average where there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -125,7 +133,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
                          f"split fractions {cfg.split_fractions}, split seed {cfg.split_seed})")
 
     run, frozen = build_run(cfg, dist, device, out, train_s, val_s, augment)
-    model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
+    optimizer, scheduler, data = run.optimizer, run.scheduler, run.data
     progress = _resume(run) if cfg.resume and (out / "last" / STATE_NAME).exists() else _Progress()
     meta = {"train": _jsonable(asdict(cfg)), "frozen_parameters": frozen, "device": str(device)}
     if dist.enabled:
@@ -139,7 +147,7 @@ def _train(cfg: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None, d
         totals = _train_epoch(run, epoch, progress.bad)
         lrs = {grp["name"]: grp["lr"] for grp in optimizer.param_groups}  # the LRs this epoch trained with
         scheduler.step()  # cosine annealing, once per epoch
-        val = evaluate_loss(model, data.val_loader, data.val_shard, val_s, device, cfg.amp, cfg.label_smoothing)
+        val = evaluate_loss(run.evaluated, data.val_loader, data.val_shard, val_s, device, cfg.amp, cfg.label_smoothing)
         tot_loss, tot_correct, tot_n = _reduce_epoch(run, totals, progress.bad)
         for path, reason in val.pop("errors"):
             progress.bad[path] = reason
@@ -174,6 +182,8 @@ def training_threads(threads: int) -> int:
 
 def check_options(cfg: TrainConfig, dist: ddp.DistInfo) -> None:
     """Options that cannot work together, refused before anything is written."""
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1) (the weight average's decay per optimizer step; 0 = off), got {cfg.ema}")
     if cfg.crop_loss < 0:
         raise ValueError(f"crop_loss must be >= 0 (the weight of the per-crop loss), got {cfg.crop_loss}")
     if cfg.crop_loss > 0 and cfg.arch != "glass":
@@ -191,7 +201,8 @@ def build_run(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, out: P
     model, net, frozen = _build_model(cfg, dist, device)
     optimizer, scheduler, scaler = _build_optimizer(cfg, model, device)
     data = build_data(cfg, dist, device, model.cfg.view_spec(cfg.max_pixels), train_s, val_s, augment)
-    return _Run(cfg, dist, device, out, model, net, optimizer, scheduler, scaler, data), frozen
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    return _Run(cfg, dist, device, out, model, net, optimizer, scheduler, scaler, data, ema), frozen
 
 
 def _parse_augment(spec: str):
@@ -336,6 +347,8 @@ def _optimizer_step(run: _Run) -> None:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.model)
 
 
 def _reduce_epoch(run: _Run, totals: tuple[float, int, int], bad: dict[str, str]) -> tuple[float, int, int]:
@@ -367,10 +380,13 @@ def _save_epoch(run: _Run, progress: _Progress, epoch: int, ckpt_meta: dict, imp
         "best_acc": progress.best_acc, "history": json.dumps(progress.history), "bad_images": json.dumps(progress.bad),
     }
     state.update(_rng_states(run))
+    if run.ema is not None:  # the checkpoints hold the average; the weights being trained go with the state
+        state.update(run.ema.state(), trained_weights=run.model.state_dict())
     if run.dist.is_main:
-        save_checkpoint(run.out / "last", run.model, ckpt_meta, write_extra=lambda d: torch.save(state, d / STATE_NAME))
+        save_checkpoint(run.out / "last", run.evaluated, ckpt_meta,
+                        write_extra=lambda d: torch.save(state, d / STATE_NAME))
         if improved:
-            save_checkpoint(run.out / "best", run.model, ckpt_meta)
+            save_checkpoint(run.out / "best", run.evaluated, ckpt_meta)
 
 
 def _rng_states(run: _Run) -> dict:
@@ -388,8 +404,15 @@ def _rng_states(run: _Run) -> dict:
 def _resume(run: _Run) -> _Progress:
     """Weights, optimizer, schedule, scaler, random streams and history from ``OUT/last/``."""
     last = run.out / "last"
-    load_weights(run.model, last / WEIGHTS_NAME)
+    load_weights(run.evaluated, last / WEIGHTS_NAME)
     state = torch.load(last / STATE_NAME, map_location="cpu", weights_only=True)
+    if run.ema is not None:
+        if "trained_weights" not in state:
+            raise ValueError(f"{last}: written without ema; resume it without --ema (or start afresh)")
+        run.model.load_state_dict(state["trained_weights"])
+        run.ema.load_state(state)
+    elif "trained_weights" in state:
+        raise ValueError(f"{last}: written with ema; resume it with the same --ema")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
