@@ -28,6 +28,7 @@ WINDOW = "window:side=1024-1536"
 BASE = TrainConfig(arch="glass", backbone="efficientnet_lite0", pretrained=False,
                    weights="offline:efficientnet_lite0.pypi_in1k", k=4, batch_size=8, lr_global=1e-4,
                    lr_local=1e-4, lr_head=1e-3, dropout=0.1, freeze=2, augment=f"{WINDOW}+standard", progress=False)
+V3 = {"local_input": "residual", "freeze": 0, "augment": WINDOW, "cpu_amp": True}  # the demo's version-3 recipe
 # name -> overrides of BASE; trained in the order given by --configs
 CONFIGS: dict[str, dict] = {
     "base": {},
@@ -47,6 +48,11 @@ CONFIGS: dict[str, dict] = {
     "residual-unfrozen-noaug-bf16": {"local_input": "residual", "freeze": 0, "augment": WINDOW, "cpu_amp": True},
     "residual-unfrozen-jpeg": {"local_input": "residual", "freeze": 0, "augment": f"{WINDOW}+jpeg:q=50-100,p=0.5"},
     "k8": {"k": 8},
+    # the demo's version-3 recipe (residual local input, unfrozen, no augmentation, bf16 steps) plus one lever
+    "v3-k8": {**V3, "k": 8},
+    "v3-hessian": {**V3, "local_input": "hessian"},
+    "v3-ema": {**V3, "ema": 0.95},
+    "v3-reg": {**V3, "dropout": 0.3, "wd_global": 0.05, "wd_local": 0.05, "wd_head": 0.05},
     # crops and training windows on multiples of 12: every crop at the same phase of the upscaler's pattern
     "residual-unfrozen-align12": {"local_input": "residual", "freeze": 0, "crop_align": 12,
                                   "augment": "window:side=1024-1536,align=12+standard"},
