@@ -64,14 +64,21 @@ class ResidualPreprocess(nn.Module):
 
     What a super-resolver leaves that a camera does not is a period-2 (period-s) pattern in the
     relation of neighbouring pixels; the residual removes the content a pretrained backbone would
-    otherwise attend to and keeps that relation (see ``RESIDUAL_SCALE`` for the scale)."""
+    otherwise attend to and keeps that relation (see ``RESIDUAL_SCALE`` for the scale). A subclass
+    names another high-pass (``residual``, 2 pixels smaller than its input) and its ``scale``."""
+
+    scale = RESIDUAL_SCALE
 
     def __init__(self, channels_last: bool):
         super().__init__()
         self.channels_last = channels_last
 
+    @staticmethod
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        return laplacian_residual(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = laplacian_residual(x.float()) * RESIDUAL_SCALE
+        r = self.residual(x.float()) * self.scale
         r = F.pad(r.clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP), (1, 1, 1, 1))
         if self.channels_last:
             r = r.contiguous(memory_format=torch.channels_last)
@@ -105,21 +112,16 @@ def luma_hessian(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([dxx, dyy, dxy], dim=-3)
 
 
-class HessianPreprocess(nn.Module):
+class HessianPreprocess(ResidualPreprocess):
     """uint8 (or float in [0, 255]) views -> the scaled, clipped second differences of their luma
     (:func:`luma_hessian`, 3 channels, same size: the one-pixel border is 0), in the backbone's memory
-    layout. A variant of :class:`ResidualPreprocess` that keeps the directions apart."""
+    layout. The :class:`ResidualPreprocess` that keeps the directions apart."""
 
-    def __init__(self, channels_last: bool):
-        super().__init__()
-        self.channels_last = channels_last
+    scale = HESSIAN_SCALE
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = luma_hessian(x.float()) * HESSIAN_SCALE
-        r = F.pad(r.clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP), (1, 1, 1, 1))
-        if self.channels_last:
-            r = r.contiguous(memory_format=torch.channels_last)
-        return r
+    @staticmethod
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        return luma_hessian(x)
 
 
 def local_preprocess(local_input: str, prep: Preprocess) -> nn.Module:
