@@ -52,6 +52,8 @@ CONFIGS: dict[str, dict] = {
     "v3-k8": {**V3, "k": 8},
     "v3-hessian": {**V3, "local_input": "hessian"},
     "v3-ema": {**V3, "ema": 0.95},
+    "v3-paired": {**V3, "paired": True},  # a real and its fake side by side in a batch, same window and crops
+    "v3-paired-rank": {**V3, "paired": True, "pair_loss": 1.0},  # + each fake ranked above its own real
     "v3-reg": {**V3, "dropout": 0.3, "wd_global": 0.05, "wd_local": 0.05, "wd_head": 0.05},
     # crops and training windows on multiples of 12: every crop at the same phase of the upscaler's pattern
     "residual-unfrozen-align12": {"local_input": "residual", "freeze": 0, "crop_align": 12,

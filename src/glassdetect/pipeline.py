@@ -163,14 +163,21 @@ class ViewDataset(Dataset):
     each image's content. ``degrade`` (a :class:`~glassdetect.views.degrade.Degradation` or a spec/preset
     string) is applied to each whole image before its views: in training with a generator of (seed,
     epoch, index) independent of the crops' (:func:`~glassdetect.views.sampling.train_degrade_rng`), in
-    evaluation with one of the image's content, the degradation and the draw.
+    evaluation with one of the image's content, the degradation and the draw. ``draw_keys`` (training):
+    the index each source's draws are keyed by instead of its own — sources with one key (a real and
+    the fake made from it, :func:`~glassdetect.data.splits.pair_units`) get the same window, crops and
+    degradation when they have the same size.
 
     A bad image yields ``{"index", "error": (name, reason)}`` instead of raising.
     """
 
     def __init__(self, sources: Sequence[Any], spec: ViewSpec, train: bool = False, seed: int = 0, draws: int = 1,
-                 degrade: Degradation | str | None = None, thumbnail: int = 0):
+                 degrade: Degradation | str | None = None, thumbnail: int = 0,
+                 draw_keys: Sequence[int] | None = None):
         self.sources = list(sources)
+        if draw_keys is not None and len(draw_keys) != len(self.sources):
+            raise ValueError(f"draw_keys: {len(draw_keys)} keys for {len(self.sources)} sources")
+        self.draw_keys = list(draw_keys) if draw_keys is not None else None
         self.spec, self.train, self.seed, self.thumbnail = spec, train, seed, thumbnail
         self.draws = 1 if train else max(1, int(draws))
         self.epoch = 0
@@ -187,8 +194,9 @@ class ViewDataset(Dataset):
         src = self.sources[index]
         sample = src if isinstance(src, Sample) else None
         source = sample.path if sample else src
-        rng = train_rng(self.seed, self.epoch, index) if self.train else None
-        deg_rng = train_degrade_rng(self.seed, self.epoch, index) if self.train and self.degrade is not None else None
+        key = self.draw_keys[index] if self.draw_keys is not None else index
+        rng = train_rng(self.seed, self.epoch, key) if self.train else None
+        deg_rng = train_degrade_rng(self.seed, self.epoch, key) if self.train and self.degrade is not None else None
         try:
             item = prepare(source, self.spec, self.seed, self.draws, self.thumbnail, rng=rng, degrade=self.degrade,
                            degrade_rng=deg_rng)

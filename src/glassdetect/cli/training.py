@@ -111,6 +111,12 @@ def train(
     ema: float = typer.Option(0.0, "--ema", min=0.0, max=0.9999, help="Decay per optimizer step of an exponential "
                               "moving average of the weights, which validation then scores and the checkpoints hold "
                               "(warmed up as min(D, (1+t)/(10+t)); 0 = off, the paper's recipe)."),
+    paired: bool = typer.Option(False, "--paired", help="Train on aligned pairs: a real and the fake made from it "
+                                "(same source group, same file path but for the class folder) go into one batch "
+                                "side by side with the same window, crops and augmentation (off = the paper's recipe)."),
+    pair_loss: float = typer.Option(0.0, "--pair-loss", min=0.0, help="With --paired: weight W of a ranking loss, "
+                                    "softplus(s_real - s_fake) over each batch's pairs (s: the fake-minus-real logit), "
+                                    "added to the image loss (0 = off)."),
     classes: str = _train_option("classes", "Class folder names / labels, negative first."),
     split: str = _train_option("split", "train,val,test fractions for data without splits."),
     max_pixels: int = _train_option("max_pixels", "Refuse images larger than this many pixels."),
@@ -146,7 +152,7 @@ def train(
         interpolation=interpolation, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
-        ema=ema, max_pixels=max_pixels,
+        ema=ema, paired=paired, pair_loss=pair_loss, max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
         cpu_amp=cpu_amp, resume=resume, sync_bn=sync_bn,
     )

@@ -7,9 +7,9 @@ import :mod:`glassdetect.views` and the top-level helpers, never a higher stage.
 The names below are the data API as ``glassdetect.data`` offered it before it became a package.
 """
 from .samples import IMAGE_SUFFIXES, MANIFEST_NAME, SPLITS, Sample, check_no_leak, load_manifest, load_tree
-from .splits import assign_splits, carve_val, load_samples, read_split, write_split
+from .splits import assign_splits, carve_val, load_samples, pair_key, pair_units, read_split, write_split
 
 __all__ = [
     "IMAGE_SUFFIXES", "MANIFEST_NAME", "SPLITS", "Sample", "assign_splits", "carve_val", "check_no_leak",
-    "load_manifest", "load_samples", "load_tree", "read_split", "write_split",
+    "load_manifest", "load_samples", "load_tree", "pair_key", "pair_units", "read_split", "write_split",
 ]

@@ -82,6 +82,37 @@ def carve_val(samples: Sequence[Sample], fraction: float, seed: int) -> list[Sam
     return [next(it) if s.split == "train" else s for s in samples]
 
 
+def pair_key(sample: Sample, class_names: Sequence[str]) -> tuple[str, str]:
+    """What a real and its fake share: the source group and the file's path with its class folder (and
+    a generator folder right below it) taken out: ``images/train/real/x.png`` and
+    ``images/train/fake/x.png`` -> ``images/train/x.png``; ``real/x.png`` and ``fake/gen_a/x.png`` -> ``x.png``."""
+    parts = list(Path(sample.key).parts)
+    name = class_names[sample.label] if 0 <= sample.label < len(class_names) else None
+    dirs = parts[:-1]
+    if name in dirs:
+        at = len(dirs) - 1 - dirs[::-1].index(name)
+        drop = 2 if sample.generator and at + 1 < len(dirs) and dirs[at + 1] == sample.generator else 1
+        del parts[at:at + drop]
+    return sample.group, "/".join(parts)
+
+
+def pair_units(samples: Sequence[Sample], class_names: Sequence[str]) -> list[list[int]]:
+    """Indices of ``samples`` grouped into training units: the images that share a :func:`pair_key`
+    and between them hold more than one class (a real and the fake made from it; a version-3
+    benchmark's aligned region pair) form one unit, classes in ``class_names`` order; every other
+    image is a unit of its own. Units keep the order of their first image."""
+    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_key[pair_key(s, class_names)].append(i)
+    units: list[list[int]] = []
+    for members in by_key.values():
+        if len({samples[i].label for i in members}) > 1:
+            units.append(sorted(members, key=lambda i: (samples[i].label, i)))
+        else:
+            units.extend([i] for i in members)
+    return sorted(units, key=min)
+
+
 def write_split(samples: Sequence[Sample], path: str | Path) -> None:
     """Save the split used by a run (absolute paths, so evaluation can reuse it)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:

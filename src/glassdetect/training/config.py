@@ -44,6 +44,13 @@ class TrainConfig:
     # Decay per optimizer step of an exponential moving average of the weights (training.ema), which is
     # then what validation scores and the checkpoints hold; 0 = off (the paper's recipe)
     ema: float = 0.0
+    # Train on aligned pairs: a real and the fake made from it (data.splits.pair_units) go next to each
+    # other into the same batch and get the same window, crops and augmentation, so the two views of a
+    # pair differ only by what the generator did; False = each image on its own (the paper's recipe)
+    paired: bool = False
+    # With ``paired``: weight of a ranking loss that each fake score above the real it was made from
+    # (training.params.pair_loss) added to the image loss; 0 = off
+    pair_loss: float = 0.0
     # data
     class_names: tuple[str, ...] = ("real", "fake")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -112,6 +119,7 @@ class Recipe:
     local_input: str = "rgb"  # GLASS's crops as the local backbone sees them (TrainConfig.local_input); rgb = the paper
     cpu_amp: bool = False  # bf16 autocast for CPU training steps (TrainConfig.cpu_amp)
     crop_align: int = 1  # GLASS's crop offsets on multiples of this (TrainConfig.crop_align); 1 = the paper
+    paired: bool = False  # a real and its fake side by side in a batch, same views (TrainConfig.paired)
     workers: int = 1
     threads: int = 0
     device: str = "auto"

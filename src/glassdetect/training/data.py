@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from . import distributed as ddp
-from ..data.splits import Sample, assign_splits, carve_val, check_no_leak, load_samples, read_split, write_split
+from ..data.splits import (
+    Sample, assign_splits, carve_val, check_no_leak, load_samples, pair_units, read_split, write_split,
+)
 from ..models.common import eager_backbones
 from ..models.decision import fake_probability
 from ..evaluation.metrics import binary_metrics
@@ -95,10 +97,17 @@ class TrainData:
 def build_data(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, spec, train_s: list[Sample],
                 val_s: list[Sample], augment) -> TrainData:
     """``spec``: the model's views (``model.cfg``, filled from the backbone: normalisation, interpolation ...)."""
-    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed, degrade=augment)  # validation stays clean
+    units = pair_units(train_s, cfg.class_names) if cfg.paired else None
+    if units is not None and all(len(u) == 1 for u in units):
+        raise ValueError(f"{cfg.data}: --paired, but no real image of the training split has its fake beside it "
+                         "(a pair: one source group, one file path but for the class folder)")
+    draw_keys = {i: min(u) for u in units for i in u} if units is not None else None
+    # validation stays clean
+    train_ds = ViewDataset(train_s, spec, train=True, seed=cfg.seed, degrade=augment,
+                           draw_keys=[draw_keys[i] for i in range(len(train_s))] if draw_keys else None)
     # One explicit, seeded order per epoch; under DDP each rank takes its share of the same order.
     local_batch = cfg.batch_size // dist.world_size
-    sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e)
+    sampler = ddp.ShardSampler(len(train_ds), dist.rank, dist.world_size, lambda e: cfg.seed * 100_003 + e, units)
     val_shard = list(range(dist.rank, len(val_s), dist.world_size))
     val_loader = make_loader(ViewDataset([val_s[i] for i in val_shard], spec, train=False, seed=cfg.seed),
                              local_batch, cfg.workers, device=device)

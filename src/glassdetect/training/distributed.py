@@ -139,12 +139,17 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     the single-process run step for step. The order is padded (by wrapping around) to a
     multiple of ``W`` so that every rank takes the same number of steps, as
     :class:`torch.utils.data.DistributedSampler` does. Call :meth:`set_epoch` each epoch.
+    ``units`` (``TrainConfig.paired``): the order shuffles these groups of indices instead, each
+    group's members kept next to each other (a real and its fake in one global batch).
     """
 
-    def __init__(self, n: int, rank: int, world_size: int, seed_for_epoch):
+    def __init__(self, n: int, rank: int, world_size: int, seed_for_epoch, units: Sequence[Sequence[int]] | None = None):
         self.n, self.rank, self.world_size = n, rank, world_size
         self.seed_for_epoch = seed_for_epoch
         self.epoch = 0
+        self.units = [list(u) for u in units] if units is not None else None
+        if self.units is not None and sorted(i for u in self.units for i in u) != list(range(n)):
+            raise ValueError(f"ShardSampler: units must hold each of the {n} indices once")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -153,7 +158,10 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         return -(-self.n // self.world_size)
 
     def __iter__(self):
-        order = shuffled_order(self.n, self.seed_for_epoch(self.epoch))
+        if self.units is None:
+            order = shuffled_order(self.n, self.seed_for_epoch(self.epoch))
+        else:  # the units in a shuffled order, each unit's members next to each other
+            order = [i for u in shuffled_order(len(self.units), self.seed_for_epoch(self.epoch)) for i in self.units[u]]
         total = len(self) * self.world_size
         if order and total > len(order):
             order += (order * (total // len(order) + 1))[: total - len(order)]

@@ -2,6 +2,8 @@
 each backbone, and the optional per-crop loss."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -49,3 +51,25 @@ def crop_loss(crop_logits: torch.Tensor | None, y: torch.Tensor, smoothing: floa
     labels = y.repeat_interleave(crop_logits.shape[1])
     keep = ~flat.isnan().any(-1)
     return nn.functional.cross_entropy(flat[keep], labels[keep], label_smoothing=smoothing)
+
+
+def pair_loss(logits: torch.Tensor, y: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+    """Mean ``softplus(s_real - s_fake)`` over the (real, fake) pairs of a batch, ``s`` being a row's
+    fake-minus-real logit and a pair two rows with one pair key (``TrainConfig.paired``'s draw key): the
+    fake must score above the real it was made from, whatever the content they share. Labels are
+    0 = real, 1 = fake (the last class). Zero, still attached to the graph, when the batch holds no pair."""
+    s = (logits[:, -1] - logits[:, 0]).float()
+    rows: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        rows.setdefault(int(k), []).append(i)
+    real_idx, fake_idx = [], []
+    for members in rows.values():
+        reals = [i for i in members if int(y[i]) == 0]
+        fakes = [i for i in members if int(y[i]) == logits.shape[-1] - 1]
+        for r in reals:
+            for f in fakes:
+                real_idx.append(r)
+                fake_idx.append(f)
+    if not real_idx:
+        return s.sum() * 0.0
+    return nn.functional.softplus(s[real_idx] - s[fake_idx]).mean()

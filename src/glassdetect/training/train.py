@@ -43,7 +43,7 @@ from .data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss:
 from ..runtime import configure_threads, release_memory, resolve_device, resolve_threads, torch_threads
 from .config import TrainConfig
 from .ema import WeightEMA
-from .params import crop_loss, freeze_leading, param_groups  # noqa: F401 - re-exported
+from .params import crop_loss, freeze_leading, pair_loss, param_groups  # noqa: F401 - re-exported
 
 STATE_NAME = "trainer_state.pt"
 
@@ -182,6 +182,10 @@ def training_threads(threads: int) -> int:
 
 def check_options(cfg: TrainConfig, dist: ddp.DistInfo) -> None:
     """Options that cannot work together, refused before anything is written."""
+    if cfg.pair_loss < 0 or (cfg.pair_loss > 0 and not cfg.paired):
+        raise ValueError(f"pair_loss {cfg.pair_loss}: a non-negative weight, and it needs paired training (--paired)")
+    if cfg.paired and dist.enabled:  # the sampler deals positions, not pairs, to the ranks
+        raise ValueError("paired: not supported under torchrun (DistributedDataParallel) yet; use one process")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1) (the weight average's decay per optimizer step; 0 = off), got {cfg.ema}")
     if cfg.crop_loss < 0:
@@ -331,6 +335,9 @@ def _forward_loss(run: _Run, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor
     loss = nn.functional.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
     if cfg.crop_loss > 0:
         loss = loss + cfg.crop_loss * crop_loss(out.crop_logits, y, cfg.label_smoothing)
+    if cfg.pair_loss > 0:
+        keys = run.data.train_ds.draw_keys
+        loss = loss + cfg.pair_loss * pair_loss(out.logits, y, [keys[int(i)] for i in batch["index"]])
     return loss, out.logits
 
 
