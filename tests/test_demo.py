@@ -116,3 +116,16 @@ def test_demo_config_per_benchmark_version() -> None:
     assert DemoConfig().local_input == demo_config(3, device="cpu").local_input  # the class defaults are version 3's
     with pytest.raises(ValueError, match="version 4"):
         demo_config(4)
+
+
+def test_demo_lets_go_of_the_evaluated_model_before_training(tmp_path, monkeypatch):
+    """The model the last evaluation cached is not kept under the next training's peak."""
+    import glassdetect.evaluation.evaluate as ev
+    import glassdetect.studies.demo as demo
+    from glassdetect.training.config import TrainConfig
+
+    ev._LAST[("some/checkpoint", "cpu", ())] = (object(), {})
+    seen = []
+    monkeypatch.setattr(demo, "train", lambda tc: seen.append(dict(ev._LAST)) or {"history": []})
+    demo._train_once(TrainConfig(out=str(tmp_path / "run")))
+    assert seen == [{}]

@@ -141,7 +141,7 @@ def test_calibrate_then_evaluate_loads_the_checkpoint_once(checker_data, tmp_pat
     shared = evaluate(tmp_path / "run/best", checker_data, **kw)
     assert len(loads) == 1
     assert shared["threshold"] == report["threshold"] and report["temperature_after"] != 1.0
-    ev._LAST.clear()
+    ev.clear_cached()
     fresh = evaluate(tmp_path / "run/best", checker_data, **kw)
     assert len(loads) == 2
     for key in ("auc", "accuracy", "threshold", "ece", "nll"):

@@ -76,6 +76,12 @@ def load_cached(checkpoint: Path, dev) -> tuple:
     return hit
 
 
+def clear_cached() -> None:
+    """Let go of :func:`load_cached`'s model (and its CPU graphs): before a process trains the next
+    model, so the last evaluated one does not sit under the training's peak."""
+    _LAST.clear()
+
+
 def refresh_cached(checkpoint: Path) -> None:
     """After ``checkpoint``'s config was rewritten, keep its cached model (:func:`load_cached`) if only
     decision fields changed (:data:`DECISION_FIELDS`, what ``calibrate`` writes): apply the new values

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..evaluation.evaluate import evaluate
+from ..evaluation.evaluate import clear_cached, evaluate
 from ..evaluation.report import aggregate, format_mean_std as _pm
 from ..training.train import TrainConfig, train
 from ..training.config import Recipe
@@ -127,6 +127,7 @@ def _train_once(tc: TrainConfig) -> dict:
         if done.get("epochs") == tc.epochs and len(done.get("history", [])) == tc.epochs:
             _log(f"{tc.out}: already trained, skipping")
             return done
+    clear_cached()  # the last evaluated model goes before the training's peak (train() then hands it back)
     return train(tc)
 
 
