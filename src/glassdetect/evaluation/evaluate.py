@@ -90,17 +90,18 @@ def refresh_cached(checkpoint: Path) -> None:
     from ..models import ModelConfig, read_config
 
     path = str(checkpoint.resolve())
-    for key, (model, _) in list(_LAST.items()):
-        if key[0] != path:
-            continue
-        _LAST.clear()
-        meta = read_config(checkpoint)
-        new = ModelConfig.from_dict(meta["model"])
-        same = {f: getattr(model.cfg, f) for f in DECISION_FIELDS}
-        if replace(new, **same) == model.cfg:
-            for f in DECISION_FIELDS:
-                setattr(model.cfg, f, getattr(new, f))
-            _LAST[(path, key[1], _files_stamp(checkpoint))] = (model, meta)
+    cached = next(iter(_LAST.items()), None)  # one entry at most
+    if cached is None or cached[0][0] != path:
+        return
+    (_, dev, _), (model, _) = cached
+    _LAST.clear()
+    meta = read_config(checkpoint)
+    new = ModelConfig.from_dict(meta["model"])
+    same = {f: getattr(model.cfg, f) for f in DECISION_FIELDS}
+    if replace(new, **same) == model.cfg:
+        for f in DECISION_FIELDS:
+            setattr(model.cfg, f, getattr(new, f))
+        _LAST[(path, dev, _files_stamp(checkpoint))] = (model, meta)
 
 
 @restores_threads  # ``threads`` applies to this call; the caller's torch thread count comes back

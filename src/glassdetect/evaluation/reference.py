@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..data.splits import Sample, load_samples
-from ..models.common import laplacian_residual
+from ..models.common import LUMA_WEIGHTS, laplacian_residual
 from ..views.build import ImageError, content_id, decode, read_bytes
 from ..views.degrade import Degradation
 from ..views.degrade import parse as parse_degradation
@@ -51,7 +51,7 @@ from ..views.sampling import eval_degrade_rng
 from .calibrate import threshold_for_fpr
 from .metrics import binary_metrics, per_generator
 
-LUMA = np.array([299, 587, 114], dtype=np.int32)  # luma × 1000 in integers: the residuals are exact
+LUMA = np.array([round(1000 * w) for w in LUMA_WEIGHTS], dtype=np.int32)  # luma × 1000 in integers: the residuals are exact
 STRIP_ROWS = 256  # residual rows per strip (bounds memory for any image size)
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 MAX_CV = math.sqrt(3.0)  # the coefficient of variation of four non-negative numbers is at most √3

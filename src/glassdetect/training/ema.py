@@ -36,7 +36,7 @@ class WeightEMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         avg, new = [], []
-        for (name, e), m in zip(self.module.state_dict().items(), model.state_dict().values()):
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
             if e.dtype.is_floating_point:
                 avg.append(e)
                 new.append(m.detach().to(e.dtype))
