@@ -132,3 +132,18 @@ def test_paired_run_with_pair_loss_trains(paired_tree, tmp_path):
     summary = train(cfg)
     assert json.loads((tmp_path / "run/last/config.json").read_text())["train"]["pair_loss"] == 1.0
     assert summary["history"][0]["train_loss"] > 0
+
+
+def test_cli_paired_options(paired_tree, tmp_path):
+    from typer.testing import CliRunner
+
+    from glassdetect.cli import app
+
+    base = ["train", "--data", str(paired_tree), "--arch", "standard", "--backbone", "test_resnet", "--no-pretrained",
+            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--threads", "1", "--quiet"]
+    r = CliRunner().invoke(app, base + ["--out", str(tmp_path / "run"), "--paired", "--pair-loss", "0.5"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "run/best/config.json").read_text())["train"]
+    assert saved["paired"] is True and saved["pair_loss"] == 0.5
+    bad = CliRunner().invoke(app, base + ["--out", str(tmp_path / "bad"), "--pair-loss", "0.5"])  # without --paired
+    assert bad.exit_code != 0 and "--paired" in (bad.output + str(bad.exception))
