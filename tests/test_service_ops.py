@@ -138,7 +138,7 @@ def test_metrics_parse_and_count_a_request(det, jpeg):
     assert metric(text, "glassdetect_rejections_total", reason="415") == 1
     assert metric(text, "glassdetect_forward_seconds_count") >= 1 and metric(text, "glassdetect_batch_size_count") >= 1
     assert metric(text, "glassdetect_prepare_seconds_count") == 1  # the refused bytes never reached the views
-    assert metric(text, "glassdetect_model_info", backbone=det.cfg.backbone, k="2") == 1
+    assert metric(text, "glassdetect_model_info", backbone=det.cfg.backbone, k="2", local_depth="0") == 1
     assert metric(text, "glassdetect_ready") == 1 and metric(text, "glassdetect_in_flight") == 0
 
 

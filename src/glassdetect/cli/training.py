@@ -88,6 +88,9 @@ def train(
     local_input: str = typer.Option("rgb", "--local-input", help="What the local backbone sees of each crop: rgb (the "
                                     "paper), residual (its Laplacian high-pass: the upsampling trace; docs/backbones.md) "
                                     "or hessian (luma's three second differences d_xx, d_yy, d_xy as three channels)."),
+    local_depth: int = typer.Option(0, "--local-depth", min=0, max=64, help="Cut GLASS's local backbone after its "
+                                    "first N feature levels (timm's feature_info; EfficientNet-Lite0: 3 = stride 8, 40 "
+                                    "channels) and pool there; 0 = the whole backbone (the paper)."),
     crop_align: int = typer.Option(1, "--crop-align", min=1, max=4096, help="Crop offsets on multiples of N (1 = the "
                                    "paper's uniform offsets; 12 = every crop at the same phase of a ×2/×3/×4 upscaler's "
                                    "pattern). Saved in the checkpoint: evaluation and prediction place crops the same way."),
@@ -148,7 +151,8 @@ def train(
 
     opts = _train_fields(
         data, out, classes, split, quiet, arch=arch, backbone=backbone, pretrained=pretrained, weights=weights,
-        shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, crop_align=crop_align,
+        shared_backbone=shared_backbone, k=k, sampling=sampling, local_input=local_input, local_depth=local_depth,
+        crop_align=crop_align,
         interpolation=interpolation, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
         wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,

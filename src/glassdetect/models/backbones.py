@@ -200,3 +200,26 @@ def _file_provenance(path: Path, name: str, kwargs: dict) -> tuple[dict, dict | 
 def is_convnet(module: nn.Module) -> bool:
     """True when the model has no attention blocks — then channels_last is the faster layout."""
     return not any(isinstance(m, nn.MultiheadAttention) or hasattr(m, "qkv") for m in module.modules())
+
+
+def truncate_backbone(module: nn.Module, depth: int, name: str = "") -> int:
+    """Cut a headless timm backbone after its first ``depth`` feature levels, in place, and keep its
+    global pooling: ``module(x)`` then gives the pooled features of level ``depth`` (timm's
+    ``feature_info``; EfficientNet-Lite0: 16/24/40/112/320 channels at strides 2-32). The layers after
+    it (and a final norm or 1×1 head convolution) are removed, so the parameters they held are gone
+    from the state dict; the names of the rest stay as they were, and so do the parameter groups
+    ``freeze`` counts. Returns the new feature width."""
+    from timm.layers import SelectAdaptivePool2d
+
+    levels = len(getattr(module, "feature_info", []) or [])
+    if not hasattr(module, "prune_intermediate_layers") or not levels:
+        raise ValueError(f"backbone {name or type(module).__name__}: timm cannot truncate it (no feature levels)")
+    if not 1 <= depth <= levels:
+        raise ValueError(f"backbone {name or type(module).__name__}: local_depth {depth} is not one of its "
+                         f"feature levels 1-{levels}")
+    pool = getattr(module, "global_pool", None)
+    if not isinstance(pool, str):  # a convnet's pooling layer; a ViT names its pooling as a string
+        pool = next((m.pool_type for m in module.modules() if isinstance(m, SelectAdaptivePool2d)), "avg")
+    module.prune_intermediate_layers([depth - 1], prune_norm=True, prune_head=True)
+    module.reset_classifier(0, pool or "avg")  # pruning drops the pooling with the head: pooled features again
+    return int(module.feature_info[depth - 1]["num_chs"])

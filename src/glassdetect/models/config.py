@@ -27,11 +27,18 @@ class ModelConfig:
     # 4-neighbour Laplacian, which exposes the period-2 trace of upsampling; models.common.ResidualPreprocess).
     # The baseline has no crops: its config always says "rgb". Checkpoints written before this field load as "rgb".
     local_input: str = "rgb"
+    # How deep the local backbone goes: 0 = the whole backbone (the paper); L >= 1 = only its first L
+    # feature levels (timm's ``feature_info``: EfficientNet-Lite0 level 3 ends at stride 8 with 40
+    # channels, level 4 at stride 16 with 112), global-average pooled. A pixel-level trace such as an
+    # upsampling pattern lives in the early layers; the later ones add capacity to fit photo content.
+    # Not with ``shared_backbone``. Checkpoints written before this field load as 0.
+    local_depth: int = 0
     dropout: float = 0.1
     attn_hidden: int = 128
     class_names: tuple[str, ...] = ("real", "fake")  # index 1 is the positive ("fake") class
     # Filled from the backbone's pretrained data config by the factory:
     num_features: int = 0
+    local_features: int = 0  # the local backbone's feature width (num_features unless local_depth is set)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str | None = None  # global-view resize filter; None: the backbone weights' own (set by the factory)
@@ -52,8 +59,14 @@ class ModelConfig:
         self.crop_align = int(self.crop_align)
         if self.local_input not in LOCAL_INPUTS:
             raise ValueError(f"local_input must be one of {LOCAL_INPUTS}, got {self.local_input!r}")
+        if not 0 <= int(self.local_depth) <= 64:
+            raise ValueError(f"local_depth must be in [0, 64] (0 = the whole backbone), got {self.local_depth}")
+        self.local_depth = int(self.local_depth)
         if self.arch == "standard":
             self.local_input = "rgb"  # no crops: nothing the option could change
+            self.local_depth = 0
+        if self.local_depth and self.shared_backbone:
+            raise ValueError("local_depth needs a local backbone of its own (not shared_backbone)")
         self.class_names = tuple(self.class_names)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import __version__
 from ..fsutil import atomic_dir
-from .backbones import create_backbone, is_convnet
+from .backbones import create_backbone, is_convnet, truncate_backbone
 from .common import local_preprocess
 from .config import ModelConfig
 from .glass import GLASS
@@ -43,7 +43,7 @@ def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path
     cfg = replace(cfg, backbone_kwargs=dict(cfg.backbone_kwargs))
     first = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **cfg.backbone_kwargs)
     cfg.backbone = first.name or cfg.backbone
-    cfg.num_features = first.num_features
+    cfg.num_features = cfg.local_features = first.num_features
     cfg.mean, cfg.std = first.mean, first.std
     cfg.interpolation = cfg.interpolation or first.interpolation  # None: the weights' own
     cfg.channels_last = is_convnet(first.module)
@@ -55,6 +55,8 @@ def create_model(cfg: ModelConfig, pretrained: bool = False, weights: str | Path
         model = GLASS(cfg, first.module)
     else:
         second = create_backbone(cfg.backbone, pretrained=pretrained, weights=weights, **first.create_kwargs)
+        if cfg.local_depth:
+            cfg.local_features = truncate_backbone(second.module, cfg.local_depth, cfg.backbone)
         model = GLASS(cfg, first.module, second.module)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

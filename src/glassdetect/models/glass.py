@@ -12,7 +12,9 @@ use one call. The outputs are the same within float rounding.
 
 ``cfg.local_input = "residual"`` (an option; the paper's RGB crops are the default) feeds the local
 backbone each crop's scaled Laplacian residual instead of its pixels (:class:`~.common.ResidualPreprocess`);
-the global view stays RGB.
+the global view stays RGB. ``cfg.local_depth = L`` (an option; 0, the whole backbone, is the paper's)
+cuts the local backbone after its first L feature levels (:func:`~.backbones.truncate_backbone`), so
+f_i is the pooled output of an early stage (D_local channels) and the head sees [g; l] of D + D_local.
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ class GLASS(nn.Module):
         self.global_backbone = global_backbone
         # With a shared backbone both names point at one module (saved once by safetensors).
         self.local_backbone = global_backbone if local_backbone is None else local_backbone
-        self.attention = CropAttention(cfg.num_features, cfg.attn_hidden, cfg.dropout)
-        self.head = classifier_head(2 * cfg.num_features, cfg.dropout, len(cfg.class_names))
+        local_dim = cfg.local_features or cfg.num_features  # narrower with ``cfg.local_depth``
+        self.attention = CropAttention(local_dim, cfg.attn_hidden, cfg.dropout)
+        self.head = classifier_head(cfg.num_features + local_dim, cfg.dropout, len(cfg.class_names))
         self.cpu_microbatch = CPU_MICROBATCH  # views per backbone call in CPU evaluation; 0 = one call
         self.cpu_graphs: CpuGraphs | None = CpuGraphs()  # frozen BatchNorm backbones in CPU inference; None = eager
 

@@ -221,6 +221,7 @@ class _Service:
         self.model_info = {
             "arch": cfg.arch, "backbone": cfg.backbone, "k": cfg.k, "patch": cfg.patch,
             "sampling": det.mode or cfg.sampling, "crop_align": cfg.crop_align, "draws": det.draws,
+            "local_input": cfg.local_input, "local_depth": cfg.local_depth,
             "temperature": cfg.temperature,
             "threshold": det.threshold, "unsure_band": det.unsure_band, "class_names": list(cfg.class_names),
         }

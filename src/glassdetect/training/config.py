@@ -24,6 +24,7 @@ class TrainConfig:
     sampling: str = "stratified"
     crop_align: int = 1  # crop offsets on multiples of this (ModelConfig.crop_align); 1 = the paper
     local_input: str = "rgb"  # the crops as the local backbone sees them: rgb (the paper) or residual (ModelConfig)
+    local_depth: int = 0  # the local backbone's first N feature levels only (ModelConfig.local_depth); 0 = the paper
     dropout: float = 0.1
     freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
     # optimisation
@@ -78,7 +79,7 @@ class TrainConfig:
         return ModelConfig(arch=self.arch, backbone=self.backbone, k=self.k, patch=self.patch, sampling=self.sampling,
                            shared_backbone=self.shared_backbone, dropout=self.dropout, class_names=self.class_names,
                            interpolation=self.interpolation, local_input=self.local_input,
-                           crop_align=self.crop_align)
+                           crop_align=self.crop_align, local_depth=self.local_depth)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -117,6 +118,7 @@ class Recipe:
     freeze: int = 2
     crop_loss: float = 0.0  # GLASS's optional per-crop loss (TrainConfig.crop_loss); 0 = the paper's model
     local_input: str = "rgb"  # GLASS's crops as the local backbone sees them (TrainConfig.local_input); rgb = the paper
+    local_depth: int = 0  # GLASS's local backbone cut after N feature levels (TrainConfig.local_depth); 0 = the paper
     cpu_amp: bool = False  # bf16 autocast for CPU training steps (TrainConfig.cpu_amp)
     crop_align: int = 1  # GLASS's crop offsets on multiples of this (TrainConfig.crop_align); 1 = the paper
     paired: bool = False  # a real and its fake side by side in a batch, same views (TrainConfig.paired)
