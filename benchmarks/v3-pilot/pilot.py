@@ -57,6 +57,8 @@ CONFIGS: dict[str, dict] = {
     # the local backbone cut after its first feature levels (3: stride 8, 40 channels; 4: stride 16, 112)
     "v3-depth3": {**V3, "local_depth": 3},
     "v3-depth4": {**V3, "local_depth": 4},
+    "v3-bneval": {**V3, "bn_eval": True},  # BatchNorm on its running statistics in training too
+    "v3-depth4-bneval": {**V3, "local_depth": 4, "bn_eval": True},
     "v3-reg": {**V3, "dropout": 0.3, "wd_global": 0.05, "wd_local": 0.05, "wd_head": 0.05},
     # crops and training windows on multiples of 12: every crop at the same phase of the upscaler's pattern
     "residual-unfrozen-align12": {"local_input": "residual", "freeze": 0, "crop_align": 12,

@@ -107,6 +107,9 @@ def train(
     wd_head: float = typer.Option(1e-4),
     dropout: float = typer.Option(0.1),
     freeze: int = _train_option("freeze", "Freeze the first N parameter groups of each backbone (1 = stem)."),
+    bn_eval: bool = typer.Option(False, "--bn-eval", help="BatchNorm layers normalise with their running "
+                                 "statistics during training too and stop updating them; their scale and shift still "
+                                 "train (off = the paper's recipe)."),
     label_smoothing: float = _train_option("label_smoothing"),
     crop_loss: float = typer.Option(0.0, "--crop-loss", help="GLASS: weight W of an auxiliary loss, the mean "
                                     "cross-entropy of each crop's own logits (shared head on [g; f_i]) against the "
@@ -155,7 +158,7 @@ def train(
         crop_align=crop_align,
         interpolation=interpolation, epochs=epochs, batch_size=batch_size, accum=accum,
         lr_global=lr_global, lr_local=lr_local, lr_head=lr_head, wd_global=wd_global, wd_local=wd_local,
-        wd_head=wd_head, dropout=dropout, freeze=freeze, label_smoothing=label_smoothing, crop_loss=crop_loss,
+        wd_head=wd_head, dropout=dropout, freeze=freeze, bn_eval=bn_eval, label_smoothing=label_smoothing, crop_loss=crop_loss,
         ema=ema, paired=paired, pair_loss=pair_loss, max_pixels=max_pixels,
         augment=augment, seed=seed, split_seed=split_seed, workers=workers, threads=threads, device=device, amp=amp,
         cpu_amp=cpu_amp, resume=resume, sync_bn=sync_bn,

@@ -27,6 +27,10 @@ class TrainConfig:
     local_depth: int = 0  # the local backbone's first N feature levels only (ModelConfig.local_depth); 0 = the paper
     dropout: float = 0.1
     freeze: int = 0  # leading parameter groups of each backbone kept frozen (1 = stem)
+    # BatchNorm layers normalise with their running statistics in training too and stop updating them
+    # (their scale and shift still train): no coupling of the images of a small batch, no train/eval
+    # gap (training.params.train_mode); False = the paper's recipe
+    bn_eval: bool = False
     # optimisation
     epochs: int = 10
     batch_size: int = 16

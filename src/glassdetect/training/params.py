@@ -42,6 +42,18 @@ def freeze_leading(backbone: nn.Module, n_groups: int) -> int:
     return frozen
 
 
+def train_mode(model: nn.Module, bn_eval: bool = False) -> nn.Module:
+    """``model.train()``; with ``bn_eval`` every BatchNorm layer then goes back to eval mode: it
+    normalises with its running (pretrained) statistics and stops updating them, while its scale and
+    shift still train (``TrainConfig.bn_eval``; what detection training does with small batches)."""
+    model.train()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
 def crop_loss(crop_logits: torch.Tensor | None, y: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Mean label-smoothed cross-entropy of every real crop's logits (R, K, C) against its image's
     label (R,); padded crops (NaN logits, ``grid`` mode) are left out."""

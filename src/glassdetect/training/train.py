@@ -43,7 +43,7 @@ from .data import (  # noqa: F401 - split_samples/_split_samples, evaluate_loss:
 from ..runtime import configure_threads, release_memory, resolve_device, resolve_threads, torch_threads
 from .config import TrainConfig
 from .ema import WeightEMA
-from .params import crop_loss, freeze_leading, pair_loss, param_groups  # noqa: F401 - re-exported
+from .params import crop_loss, freeze_leading, pair_loss, param_groups, train_mode  # noqa: F401 - re-exported
 
 STATE_NAME = "trainer_state.pt"
 
@@ -281,7 +281,7 @@ def train_steps(run: _Run, epoch: int, bad: dict[str, str]) -> Iterator[StepReco
     data.train_ds.set_epoch(epoch)
     data.sampler.set_epoch(epoch)
     loader = make_loader(data.train_ds, data.local_batch, cfg.workers, sampler=data.sampler, device=run.device)
-    run.net.train()
+    train_mode(run.net, cfg.bn_eval)
     tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main),
                leave=False, unit="batch")
@@ -345,7 +345,7 @@ def _zero_weight_objective(run: _Run) -> torch.Tensor:
     """DDP: a zero loss through the whole network, for a rank whose whole batch failed to decode."""
     run.net.eval()
     logits, _ = run.net(*_dummy_inputs(run.data.spec, run.device))
-    run.net.train()
+    train_mode(run.net, run.cfg.bn_eval)
     return logits.float().sum() * 0.0
 
 
