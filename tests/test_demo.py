@@ -105,14 +105,16 @@ def test_demo_on_a_version3_benchmark_reports_seen_and_left_out_families(tmp_pat
 
 def test_demo_config_per_benchmark_version() -> None:
     v3 = demo_config(3, device="cpu")
-    assert (v3.bench_version, v3.size, v3.epochs, v3.freeze, v3.local_input, v3.augment) == (3, "pilot", 5, 0, "residual", "none")
+    assert (v3.bench_version, v3.size, v3.epochs, v3.freeze, v3.local_input, v3.local_depth, v3.augment) == (
+        3, "pilot", 10, 0, "residual", 4, "none")
     assert (v3.threads, v3.workers) == (-1, 1)  # fast_recipe's CPU runtime: every logical CPU + one decode worker
     assert v3.cpu_amp == cpu_has_bf16()  # bf16 training steps where the CPU has bf16 units
     assert v3.train_config("glass", 0, Path("m.csv"), v3.augment).augment == v3.window  # the fresh window only
     v2 = demo_config(2, device="cpu", epochs=3, augment="select")
-    assert (v2.size, v2.epochs, v2.freeze, v2.local_input, v2.augment) == ("small", 3, 2, "rgb", None)
+    assert (v2.size, v2.epochs, v2.freeze, v2.local_input, v2.local_depth, v2.augment) == ("small", 3, 2, "rgb", 0, None)
     assert v2.train_config("glass", 0, Path("m.csv"), "mild").augment == "mild"  # no window on version 2
     assert demo_config(3, device="cpu").train_config("glass", 0, Path("m.csv"), "standard").local_input == "residual"
+    assert demo_config(3, device="cpu").train_config("glass", 0, Path("m.csv")).local_depth == 4
     assert DemoConfig().local_input == demo_config(3, device="cpu").local_input  # the class defaults are version 3's
     with pytest.raises(ValueError, match="version 4"):
         demo_config(4)

@@ -95,10 +95,11 @@ def demo(
     bench_version: int = typer.Option(3, "--bench-version", help="Offline benchmark version: 3 (whole regions, six families, two left out of training; docs/benchmark-v3.md) or 2 (crop pairs, the earlier demo)."),
     heldout_families: Optional[str] = typer.Option(None, "--heldout-families", help="Version 3: VAL,TEST families left out of training (default: the builder's)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
-    epochs: Optional[int] = typer.Option(None, help="Override the version's epochs (3: 5, 2: 7)."),
+    epochs: Optional[int] = typer.Option(None, help="Override the version's epochs (3: 10, 2: 7)."),
     k: Optional[int] = typer.Option(None, "-k", "--k", help="Override the demo's crop count (4)."),
     freeze: Optional[int] = typer.Option(None, help="Override the leading parameter groups kept frozen (3: 0, 2: 2)."),
     local_input: Optional[str] = typer.Option(None, "--local-input", help="Override GLASS's local input: rgb (the paper), residual (version 3's default) or hessian."),
+    local_depth: Optional[int] = typer.Option(None, "--local-depth", min=0, max=64, help="Override GLASS's local backbone depth in feature levels (3: 4; 0 = the whole backbone, the paper's and version 2's)."),
     augment: Optional[str] = typer.Option(None, help="Training augmentation (preset or spec), or 'select' to choose it on the validation split among --augment-candidates; default: version 3 none (the fresh training window only), version 2 select."),
     augment_candidates: str = typer.Option("mild,standard", help="Comma-separated augmentation presets to choose from on validation."),
     sweep: str = typer.Option("demo", help="Robustness sweep on the test split (preset or ';'-separated specs)."),
@@ -112,7 +113,7 @@ def demo(
     from ..studies.demo import demo_config, run_demo
 
     given = dict(bench=str(bench) if bench else None, size=size, workers=workers, threads=threads, augment=augment, epochs=epochs, k=k, freeze=freeze,
-                 local_input=local_input, cpu_amp=cpu_amp, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
+                 local_input=local_input, local_depth=local_depth, cpu_amp=cpu_amp, heldout_families=tuple(heldout_families.split(",")) if heldout_families else None)
     cfg = demo_config(bench_version, out=str(out), seeds=tuple(int(s) for s in seeds.split(",")), device=device,
                       sweep=sweep, augment_candidates=tuple(c.strip() for c in augment_candidates.split(",") if c.strip()),
                       **{key: value for key, value in given.items() if value is not None})
