@@ -85,10 +85,10 @@ def test_residual_glass_shapes_and_it_changes_what_the_crops_give(shared):
     assert not torch.allclose(logits, ref, atol=1e-3)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_cpu_graphs_equal_eager_with_residual_crops(shared):
-    model = _residual_model(shared)
-    eager = _residual_model(shared)
+@pytest.mark.parametrize("shared,depth", [(False, 0), (True, 0), (False, 2)])  # depth: ModelConfig.local_depth
+def test_cpu_graphs_equal_eager_with_residual_crops(shared, depth):
+    model = _residual_model(shared, local_depth=depth)
+    eager = _residual_model(shared, local_depth=depth)
     eager.load_state_dict(model.state_dict())
     eager.cpu_graphs = None
     g, c = _views(3, 3, seed=1)
