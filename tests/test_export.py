@@ -64,11 +64,13 @@ def test_baseline_exports_too(tmp_path):
     assert attn.shape == (3, 0) and np.abs(logits - ref.numpy()).max() < ATOL
 
 
-def test_residual_local_input_exports(tmp_path):
-    """--local-input residual: the crops' Laplacian residual is part of the exported graph."""
+@pytest.mark.parametrize("depth", [0, 3])
+def test_residual_local_input_exports(tmp_path, depth):
+    """--local-input residual: the crops' Laplacian residual is part of the exported graph; so is a
+    local backbone cut after its third feature level (--local-depth 3)."""
     torch.manual_seed(3)
     model = create_model(ModelConfig(arch="glass", backbone="test_resnet", k=2, patch=64, global_size=64,
-                                     local_input="residual"))
+                                     local_input="residual", local_depth=depth))
     save_checkpoint(tmp_path / "ckpt", model)
     r = CliRunner().invoke(app, ["export", str(tmp_path / "ckpt"), "--onnx", str(tmp_path / "res.onnx")])
     assert r.exit_code == 0, r.output
@@ -83,4 +85,5 @@ def test_residual_local_input_exports(tmp_path):
     for want, o in zip(ref, got):
         assert o.shape == tuple(want.shape) and np.abs(o - want.numpy()).max() < ATOL
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "res.onnx")).metadata_props}
-    assert json.loads(meta["glassdetect.config"])["local_input"] == "residual"
+    saved = json.loads(meta["glassdetect.config"])
+    assert saved["local_input"] == "residual" and saved["local_depth"] == depth
